@@ -1,0 +1,97 @@
+"""The one immutable training state, its construction and the players' optimizers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from gan import data as data_lib
+
+
+class TrainState(train_state.TrainState):
+  """One player's parameters, optimizer state and non-trained variables (batch-norm stats)."""
+
+  batch_stats: Any = flax.struct.field(default_factory=dict)
+
+  def variables(self, params: Any | None = None) -> dict[str, Any]:
+    """Variables for `apply_fn`, optionally with other `params` (e.g. the EMA copy)."""
+    variables = {"params": self.params if params is None else params}
+    if self.batch_stats:
+      variables["batch_stats"] = self.batch_stats
+    return variables
+
+
+@flax.struct.dataclass
+class GANState:
+  """Everything a run needs to continue bit-identically; saved whole in checkpoints.
+
+  Attributes:
+    step: generator updates done so far.
+    g: the generator's TrainState.
+    d: the discriminator's TrainState; `d.step` counts D updates, which is
+      also the number of data batches consumed.
+    g_ema: exponential moving average of the generator's parameters, used for
+      samples and evaluation.
+    rng: the run's base key. Every random number of a step is derived from it
+      with `fold_in` on the step and the example index, never split forward.
+    data_perm: the current epoch's data order (see `gan.data.next_batch`).
+  """
+
+  step: jax.Array
+  g: TrainState
+  d: TrainState
+  g_ema: Any
+  rng: jax.Array
+  data_perm: jax.Array
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+  """Adam for one player. `optim.decay="linear"` decays the rate to 0 over `num_steps`."""
+  learning_rate: float | optax.Schedule = optim.lr
+  if optim.get("decay", "none") == "linear":
+    learning_rate = optax.linear_schedule(optim.lr, 0.0, num_steps)
+  elif optim.get("decay", "none") != "none":
+    raise ValueError(f"unknown learning-rate decay {optim.decay!r}; use 'none' or 'linear'")
+  return optax.adam(learning_rate, b1=optim.b1, b2=optim.b2)
+
+
+def data_key(rng: jax.Array) -> jax.Array:
+  """The key of the data order, kept apart from the keys of the training step."""
+  return jax.random.fold_in(rng, 0x0DA7A)
+
+
+def create(
+    config: ml_collections.ConfigDict,
+    G: nn.Module,
+    D: nn.Module,
+    image_shape: tuple[int, int, int],
+    num_examples: int,
+) -> GANState:
+  """Initialises both players from `config.seed` (one copy, not yet on devices)."""
+  rng = jax.random.PRNGKey(config.seed)
+  g_key, d_key = jax.random.split(jax.random.fold_in(rng, 0x1417))
+  z = jnp.zeros((1, config.model.z_dim), jnp.float32)
+  g_vars = G.init(g_key, z, train=False)
+  d_vars = D.init(d_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  # Discriminator updates per generator update set how far D's schedule runs.
+  g = TrainState.create(
+      apply_fn=G.apply, params=g_vars["params"], batch_stats=g_vars.get("batch_stats", {}),
+      tx=make_optimizer(config.optim.g, config.num_steps))
+  d = TrainState.create(
+      apply_fn=D.apply, params=d_vars["params"], batch_stats=d_vars.get("batch_stats", {}),
+      tx=make_optimizer(config.optim.d, config.num_steps * config.n_critic))
+  return GANState(
+      step=jnp.zeros((), jnp.int32),
+      g=g,
+      d=d,
+      g_ema=jax.tree.map(jnp.copy, g_vars["params"]),
+      rng=rng,
+      data_perm=data_lib.epoch_permutation(data_key(rng), jnp.int32(0), num_examples),
+  )

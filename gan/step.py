@@ -1,0 +1,187 @@
+"""The training step: n_critic discriminator updates, then one generator update.
+
+`make_train_step` returns a pure per-device function
+`train_step(state, data) -> (state, metrics)` written with collectives over
+the named axis "data". It is wrapped once, outside the loop, either by
+`pmap_step` (one program per local device, state replicated and donated) or by
+`shard_map_step` (the same function under `jax.shard_map` over a mesh, with
+unreplicated state); both give the same numbers.
+
+Results do not depend on the number of devices: gradients and metrics are
+averaged with `lax.pmean`, batch-norm statistics are averaged over the axis,
+and every random number (z, dropout masks, the data order) is a function of
+the step and of the example's index in the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from gan import data as data_lib
+from gan import losses
+from gan.state import GANState, TrainState, data_key
+
+AXIS = "data"
+Metrics = dict[str, jax.Array]
+StepFn = Callable[[GANState, dict[str, jax.Array]], tuple[GANState, Metrics]]
+
+_D_METRICS = ("loss", "real_acc", "fake_acc", "real_logit", "fake_logit", "real_prob",
+              "fake_prob", "grad_norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """The static settings of a step, read once from the experiment config."""
+
+  global_batch: int
+  z_dim: int
+  n_critic: int
+  ema_decay: float
+  loss: losses.GANLoss
+  label_smoothing: float
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
+    return cls(
+        global_batch=config.batch_size,
+        z_dim=config.model.z_dim,
+        n_critic=config.n_critic,
+        ema_decay=config.ema_decay,
+        loss=losses.get(config.loss, config.label_smoothing),
+        label_smoothing=config.label_smoothing,
+    )
+
+
+def global_example_ids(local_batch: int) -> jax.Array:
+  """Indices of this device's examples within the global batch."""
+  return lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
+
+
+def sample_z(key: jax.Array, local_batch: int, z_dim: int) -> jax.Array:
+  """Standard-normal latents; example i of the global batch always gets the same z."""
+  ids = global_example_ids(local_batch)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (z_dim,)))(ids)
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """EMA decay with warm-up, min(decay, (1 + t) / (10 + t)), so early EMAs track the model."""
+  t = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def _d_metrics(loss, real: jax.Array, fake: jax.Array, grads: Any) -> Metrics:
+  return {
+      "loss": loss,
+      "real_acc": jnp.mean(real > 0),
+      "fake_acc": jnp.mean(fake < 0),
+      "real_logit": jnp.mean(real),
+      "fake_logit": jnp.mean(fake),
+      "real_prob": jnp.mean(jax.nn.sigmoid(real)),
+      "fake_prob": jnp.mean(jax.nn.sigmoid(fake)),
+      "grad_norm": optax.global_norm(grads),
+  }
+
+
+def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
+  """Builds the per-device step for generator `G` and discriminator `D`."""
+
+  def generate(g: TrainState, params: Any, z: jax.Array):
+    fake, mutated = G.apply(g.variables(params), z, train=True, mutable=["batch_stats"])
+    return fake, mutated["batch_stats"]
+
+  def discriminate(d: TrainState, params: Any, x: jax.Array, key: jax.Array) -> jax.Array:
+    return D.apply(d.variables(params), x, train=True, rngs={"dropout": key})
+
+  def d_update(g: TrainState, d: TrainState, real: jax.Array, key: jax.Array):
+    z_key, real_key, fake_key = jax.random.split(key, 3)
+    fake, batch_stats = generate(g, g.params, sample_z(z_key, real.shape[0], cfg.z_dim))
+    fake = lax.stop_gradient(fake)
+
+    def loss_fn(params):
+      real_logits = discriminate(d, params, real, real_key)
+      fake_logits = discriminate(d, params, fake, fake_key)
+      return cfg.loss.d(real_logits, fake_logits, cfg.label_smoothing), (real_logits, fake_logits)
+
+    (loss, (real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d.params)
+    grads = lax.pmean(grads, AXIS)
+    metrics = _d_metrics(loss, real_logits, fake_logits, grads)
+    return d.apply_gradients(grads=grads), g.replace(batch_stats=batch_stats), metrics
+
+  def g_update(g: TrainState, d: TrainState, local_batch: int, key: jax.Array):
+    z_key, dropout_key = jax.random.split(key)
+    z = sample_z(z_key, local_batch, cfg.z_dim)
+
+    def loss_fn(params):
+      fake, batch_stats = generate(g, params, z)
+      fake_logits = discriminate(d, d.params, fake, dropout_key)
+      return cfg.loss.g(fake_logits), (batch_stats, fake_logits)
+
+    (loss, (batch_stats, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g.params)
+    grads = lax.pmean(grads, AXIS)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "fake_logit": jnp.mean(fake_logits)}
+    return g.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+
+  def train_step(state: GANState, data: dict[str, jax.Array]) -> tuple[GANState, Metrics]:
+    local_batch = cfg.global_batch // lax.axis_size(AXIS)
+    step_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x57E9), state.step)
+    d_keys_root, g_key = jax.random.split(step_key)
+
+    def critic_iteration(i, carry):
+      g, d, perm, _ = carry
+      perm, batch = data_lib.next_batch(
+          data, perm, data_key(state.rng), d.step, cfg.global_batch, AXIS)
+      d, g, metrics = d_update(g, d, batch["image"], jax.random.fold_in(d_keys_root, i))
+      return g, d, perm, metrics
+
+    no_metrics = {k: jnp.zeros((), jnp.float32) for k in _D_METRICS}
+    g, d, perm, d_metrics = lax.fori_loop(
+        0, cfg.n_critic, critic_iteration, (state.g, state.d, state.data_perm, no_metrics),
+        unroll=cfg.n_critic == 1)
+    g, g_metrics = g_update(g, d, local_batch, g_key)
+
+    decay = ema_decay_at(state.step, cfg.ema_decay)
+    g_ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.g_ema, g.params)
+    new_state = state.replace(step=state.step + 1, g=g, d=d, g_ema=g_ema, data_perm=perm)
+    metrics = {f"d/{k}": v for k, v in d_metrics.items()}
+    metrics |= {f"g/{k}": v for k, v in g_metrics.items()}
+    return new_state, lax.pmean(metrics, AXIS)
+
+  return train_step
+
+
+def pmap_step(train_step: StepFn) -> StepFn:
+  """One program per local device; state and data carry a leading device axis."""
+  return jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,))
+
+
+def shard_map_step(train_step: StepFn, mesh: Mesh) -> StepFn:
+  """The same per-device function under `jax.shard_map` (pmap's successor).
+
+  State and data are passed unreplicated (replicated over the mesh); each
+  device runs `train_step` on its share of the batch exactly as under pmap.
+  """
+  mapped = jax.shard_map(train_step, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()),
+                         check_vma=False)
+  return jax.jit(mapped, donate_argnums=(0,))
+
+
+def make_sample_fn(G: nn.Module) -> Callable[[TrainState, Any, jax.Array], jax.Array]:
+  """Jitted generator in inference mode (running batch-norm statistics)."""
+
+  @jax.jit
+  def sample(g: TrainState, params: Any, z: jax.Array) -> jax.Array:
+    return G.apply(g.variables(params), z, train=False)
+
+  return sample

@@ -1,0 +1,121 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Entry point for the command line (`gan.main`), notebooks and tests alike. It
+loads the data onto the devices, builds or resumes the state, runs the
+pmapped step, and at the cadences in the config writes metrics, fixed-noise
+sample grids from the EMA generator and checkpoints. Nothing happens on the
+host between those cadences: metrics come back only at log steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from gan import checkpoint, models, writers
+from gan import data as data_lib
+from gan import state as state_lib
+from gan import step as step_lib
+from gan.utils import check_batch, check_workdir, every
+
+
+def replicate(tree, devices):
+  """Copies a pytree onto each device, adding a leading device axis (for pmap)."""
+  sharding = NamedSharding(Mesh(np.asarray(devices), (step_lib.AXIS,)), P(step_lib.AXIS))
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.device_put(np.broadcast_to(x, (len(devices), *x.shape)), sharding)
+
+  return jax.tree.map(put, tree)
+
+
+def unreplicate(tree):
+  """The first device's copy of a replicated pytree."""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+class Run:
+  """A prepared run: data on the devices, models, state, compiled step and writers."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = check_workdir(workdir)
+    self.devices = jax.local_devices()
+    check_batch(config.batch_size, len(self.devices))
+    split = data_lib.load(config.dataset, config.train_split, config.data_dir)
+    logging.info("Data: %d examples from %s", split.num_examples, split.source)
+    if split.num_examples < config.batch_size:
+      raise ValueError(f"batch_size {config.batch_size} exceeds the {split.num_examples} "
+                       "training examples")
+    self.G, self.D = models.build(config.model, axis_name=step_lib.AXIS)
+    self.state = state_lib.create(config, self.G, self.D, split.image.shape[1:],
+                                  split.num_examples)
+    self.checkpointer = checkpoint.Checkpointer(self.workdir, config.keep_checkpoints)
+    if self.checkpointer.latest_step() is not None:
+      self.state = self.checkpointer.restore(self.state)
+      logging.info("Resumed from step %d in %s", int(self.state.step), self.workdir)
+    self.data = replicate(split.arrays(), self.devices)
+    cfg = step_lib.StepConfig.from_config(config)
+    self.train_step = step_lib.pmap_step(step_lib.make_train_step(cfg, self.G, self.D))
+    self.sample = step_lib.make_sample_fn(self.G)
+    self.fixed_z = jax.random.normal(
+        jax.random.PRNGKey(config.seed + 1), (config.num_samples, config.model.z_dim))
+
+  def save_samples(self, state: state_lib.GANState) -> str:
+    images = np.asarray(self.sample(state.g, state.g_ema, self.fixed_z))
+    path = os.path.join(self.workdir, "samples", f"step_{int(state.step):06d}.png")
+    return writers.save_image_grid(images, path)
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
+  """Trains until `config.num_steps` generator updates; resumes from `workdir` if possible.
+
+  Returns the final state (one copy, on the first device).
+  """
+  run = Run(config, workdir)
+  _write_config(config, run.workdir)
+  start = int(run.state.step)
+  if start >= config.num_steps:
+    logging.info("Already trained %d >= num_steps=%d steps", start, config.num_steps)
+    return run.state
+  writer = writers.MetricWriter(run.workdir)
+  p_state = replicate(run.state, run.devices)
+  del run.state  # donated to the step from here on
+  bar = tqdm(total=config.num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+  last_time, last_step = time.perf_counter(), start
+  for step in range(start + 1, config.num_steps + 1):
+    p_state, p_metrics = run.train_step(p_state, run.data)
+    bar.update(1)
+    is_last = step == config.num_steps
+    if every(step, config.log_every) or is_last:
+      metrics = jax.device_get(unreplicate(p_metrics))
+      now = time.perf_counter()
+      metrics["perf/steps_per_s"] = (step - last_step) / (now - last_time)
+      metrics["perf/images_per_s"] = metrics["perf/steps_per_s"] * config.batch_size
+      last_time, last_step = now, step
+      writer.write(step, metrics)
+      bar.set_postfix({k: f"{float(metrics[k]):.3f}" for k in ("d/loss", "g/loss")})
+      logging.info("step %d: %s", step, {k: round(float(v), 4) for k, v in metrics.items()})
+    if every(step, config.sample_every) or is_last:
+      run.save_samples(unreplicate(p_state))
+    if every(step, config.checkpoint_every) or is_last:
+      run.checkpointer.save(jax.device_get(unreplicate(p_state)), config)
+  bar.close()
+  writer.close()
+  run.checkpointer.wait()
+  return jax.block_until_ready(unreplicate(p_state))

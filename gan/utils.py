@@ -1,0 +1,36 @@
+"""Small helpers shared by the loop and the entry points: cadence and input checks."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+class ConfigError(ValueError):
+  """A bad setting or input that the command line reports in one line."""
+
+
+def every(step: int, n: int) -> bool:
+  """True every `n` steps (`n <= 0` means never): the one cadence rule for log/sample/ckpt."""
+  return n > 0 and step % n == 0
+
+
+def check_workdir(workdir: str) -> str:
+  """Creates `workdir` if needed and checks that files can be written in it."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from e
+  return workdir
+
+
+def check_batch(global_batch: int, num_devices: int) -> int:
+  """Per-device batch size; the global batch must split evenly over the devices."""
+  if global_batch <= 0 or global_batch % num_devices:
+    raise ConfigError(
+        f"batch_size {global_batch} is not divisible by the {num_devices} devices; "
+        f"use a multiple of {num_devices}")
+  return global_batch // num_devices

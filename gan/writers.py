@@ -1,0 +1,69 @@
+"""What a run writes to its workdir for people: metrics.jsonl, TensorBoard, sample grids.
+
+Layout of a workdir:
+
+  config.json            the run's full config
+  metrics.jsonl          one JSON object per log step: {"step": ..., "d/loss": ...}
+  tensorboard/           the same scalars as TensorBoard events
+  samples/step_XXXXXX.png  fixed-noise grid from the EMA generator
+  checkpoints/           Orbax checkpoints (see gan.checkpoint)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+from PIL import Image
+
+
+def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
+  """Tiles images (N, H, W, C) in [-1, 1] into one uint8 (rows*H, cols*W, C) array, 1px gaps."""
+  n, h, w, c = images.shape
+  columns = columns or math.ceil(math.sqrt(n))
+  rows = math.ceil(n / columns)
+  pixels = np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+  grid = np.zeros((rows * (h + 1) + 1, columns * (w + 1) + 1, c), np.uint8)
+  for i in range(n):
+    r, col = divmod(i, columns)
+    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = pixels[i]
+  return grid
+
+
+def save_image_grid(images: np.ndarray, path: str) -> str:
+  grid = image_grid(images)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  return path
+
+
+class MetricWriter:
+  """Appends scalar metrics to metrics.jsonl and TensorBoard."""
+
+  def __init__(self, workdir: str):
+    from tensorboardX import SummaryWriter  # noqa: PLC0415  (slow import)
+
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._jsonl = open(self.path, "a")  # noqa: SIM115  (kept open for the run)
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    record = {"step": step, **{k: float(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for name, value in record.items():
+      if name != "step":
+        self._tb.add_scalar(name, value, step)
+
+  def close(self) -> None:
+    self._jsonl.close()
+    self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, float]]:
+  """All records of metrics.jsonl, in the order written."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
