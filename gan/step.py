@@ -89,7 +89,7 @@ def _d_metrics(loss, real: jax.Array, fake: jax.Array, grads: Any) -> Metrics:
       "fake_logit": jnp.mean(fake),
       "real_prob": jnp.mean(jax.nn.sigmoid(real)),
       "fake_prob": jnp.mean(jax.nn.sigmoid(fake)),
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
   }
 
 
@@ -129,7 +129,7 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
 
     (loss, (batch_stats, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g.params)
     grads = lax.pmean(grads, AXIS)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "fake_logit": jnp.mean(fake_logits)}
     return g.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
@@ -161,9 +161,9 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
   return train_step
 
 
-def pmap_step(train_step: StepFn) -> StepFn:
-  """One program per local device; state and data carry a leading device axis."""
-  return jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,))
+def pmap_step(train_step: StepFn, devices: list[jax.Device] | None = None) -> StepFn:
+  """One program per device (default: all local ones); state and data carry a device axis."""
+  return jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
 def shard_map_step(train_step: StepFn, mesh: Mesh) -> StepFn:

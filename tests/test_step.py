@@ -1,0 +1,109 @@
+"""The training step: device-count independence, pmap == shard_map, no retracing."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from gan import models
+from gan import state as state_lib
+from gan import step as step_lib
+from gan.train import replicate, unreplicate
+
+
+def _setup(config, n: int = 64):
+  G, D = models.build(config.model, axis_name=step_lib.AXIS)
+  rng = np.random.default_rng(0)
+  data = {"image": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+          "label": rng.integers(0, 10, (n,), dtype=np.int32)}
+  state = state_lib.create(config, G, D, (28, 28, 1), n)
+  return G, D, data, state
+
+
+def _run_pmap(config, num_devices: int, num_steps: int, step_wrapper=None):
+  G, D, data, state = _setup(config)
+  devices = jax.devices()[:num_devices]
+  fn = step_lib.make_train_step(step_lib.StepConfig.from_config(config), G, D)
+  if step_wrapper is not None:
+    fn = step_wrapper(fn)
+  p_step = step_lib.pmap_step(fn, devices)
+  p_state, p_data = replicate(state, devices), replicate(data, devices)
+  history = []
+  for _ in range(num_steps):
+    p_state, metrics = p_step(p_state, p_data)
+    history.append(jax.device_get(unreplicate(metrics)))
+  return jax.device_get(unreplicate(p_state)), history
+
+
+def _assert_trees_close(a, b, rtol=1e-4, atol=2e-5):
+  # Devices sum gradients in a different order, and Adam divides by sqrt(v): a
+  # near-zero gradient's rounding can move its parameter by up to a fraction of
+  # one Adam step (lr = 2e-4). atol = 2e-5 is a tenth of that, far below any
+  # real difference (a wrong mask, batch or missing pmean moves every parameter).
+  chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("num_devices", [2, 4])
+def test_multi_device_step_equals_single_device_step(smoke_config, num_devices):
+  single, single_metrics = _run_pmap(smoke_config, 1, 3)
+  multi, multi_metrics = _run_pmap(smoke_config, num_devices, 3)
+  _assert_trees_close(single.g.params, multi.g.params)
+  _assert_trees_close(single.d.params, multi.d.params)
+  _assert_trees_close(single.g.batch_stats, multi.g.batch_stats)
+  _assert_trees_close(single.g_ema, multi.g_ema)
+  np.testing.assert_array_equal(single.data_perm, multi.data_perm)
+  for s, m in zip(single_metrics, multi_metrics, strict=True):
+    _assert_trees_close(s, m, rtol=1e-4, atol=1e-5)
+  # The run must actually train: parameters moved away from initialisation.
+  _, _, _, init = _setup(smoke_config)
+  assert not np.allclose(init.g.params["Dense_0"]["kernel"], multi.g.params["Dense_0"]["kernel"])
+
+
+def test_shard_map_step_equals_pmap_step(smoke_config):
+  pmapped, pmap_metrics = _run_pmap(smoke_config, 2, 2)
+  G, D, data, state = _setup(smoke_config)
+  mesh = Mesh(np.asarray(jax.devices()[:2]), (step_lib.AXIS,))
+  step = step_lib.shard_map_step(
+      step_lib.make_train_step(step_lib.StepConfig.from_config(smoke_config), G, D), mesh)
+  for expected in pmap_metrics:
+    state, metrics = step(state, data)
+    _assert_trees_close(jax.device_get(metrics), expected, rtol=1e-5, atol=1e-6)
+  _assert_trees_close(jax.device_get(state.g.params), pmapped.g.params, rtol=1e-6, atol=1e-7)
+  _assert_trees_close(jax.device_get(state.d.params), pmapped.d.params, rtol=1e-6, atol=1e-7)
+
+
+def test_step_is_traced_once(smoke_config):
+  # chex raises if the wrapped function is traced a second time (retracing).
+  _run_pmap(smoke_config, 2, 4, step_wrapper=chex.assert_max_traces(n=1))
+
+
+def test_n_critic_updates_discriminator_n_times_per_generator_step(smoke_config):
+  smoke_config.n_critic = 3
+  final, history = _run_pmap(smoke_config, 1, 2)
+  assert int(final.step) == 2 and int(final.g.step) == 2
+  assert int(final.d.step) == 6  # also the number of data batches drawn
+  assert set(history[-1]) >= {"d/loss", "d/grad_norm", "g/loss", "g/grad_norm"}
+  assert history[-1]["d/grad_norm"] > 0
+
+
+def test_ema_is_updated_in_graph_with_warmup(smoke_config):
+  smoke_config.ema_decay = 0.999
+  _, _, _, init = _setup(smoke_config)
+  final, _ = _run_pmap(smoke_config, 1, 1)
+  decay = 1.0 / 10.0  # min(0.999, (1 + 0) / (10 + 0)) at the first step
+  expected = jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), init.g_ema, final.g.params)
+  _assert_trees_close(final.g_ema, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_metrics_are_flat_namespaced_finite_scalars(smoke_config):
+  _, history = _run_pmap(smoke_config, 2, 1)
+  metrics = history[0]
+  expected = {"d/loss", "d/real_acc", "d/fake_acc", "d/real_logit", "d/fake_logit",
+              "d/real_prob", "d/fake_prob", "d/grad_norm", "g/loss", "g/grad_norm",
+              "g/fake_logit"}
+  assert set(metrics) == expected
+  for name, value in metrics.items():
+    assert np.shape(value) == (), name
+    assert np.isfinite(value), name
+  assert 0.0 <= metrics["d/real_acc"] <= 1.0 and 0.0 <= metrics["d/fake_acc"] <= 1.0
