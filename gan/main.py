@@ -2,9 +2,9 @@
 
 Only parses flags and calls `gan.train.train_and_evaluate`. Config values are
 overridden with `--config.key=value`; the config is locked, so a mistyped key
-is an error. Bad input (unknown key, wrong type, batch not divisible by the
-device count, unwritable workdir, missing dataset) is reported in one line on
-stderr with exit status 2, not a traceback.
+is an error. Bad input (unknown key, wrong type, missing config file, batch not
+divisible by the device count, unwritable workdir, missing dataset) is
+reported in one line on stderr with exit status 2, not a traceback.
 """
 
 from __future__ import annotations
@@ -28,32 +28,42 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from gan import train  # noqa: PLC0415  (after flags, so --help stays fast)
-
-  logging.info("Config:\n%s", _CONFIG.value)
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (utils.ConfigError, data.DatasetNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+def _fail(message: str) -> None:
+  """Reports bad input the way command-line tools do: one line, exit status 2."""
+  lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+  summary = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+  print(f"error: {summary}", file=sys.stderr)
+  sys.exit(2)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but flag errors (unknown key, wrong type) become one line."""
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
+  except (AttributeError, KeyError) as e:  # ml_collections' unknown key in --config.x=...
+    _fail(f"unknown config key {str(e).strip(chr(34))} (the config is locked; check the name)")
+  return []
 
 
-def run() -> None:
-  """Console entry point."""
-  app.run(main, flags_parser=_parse_flags)
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs a dozen INFO lines per checkpoint.
+  try:
+    config = _CONFIG.value
+    config.get("seed")  # a config file that failed to load raises here
+  except OSError as e:
+    _fail(str(e))
+  from gan import train  # noqa: PLC0415  (after flags, so --help stays fast)
+
+  logging.info("Config:\n%s", config)
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value)
+  except (utils.ConfigError, data.DatasetNotFoundError) as e:
+    _fail(str(e))
 
 
 if __name__ == "__main__":
-  run()
+  app.run(main, flags_parser=_parse_flags)

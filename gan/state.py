@@ -13,6 +13,7 @@ import optax
 from flax.training import train_state
 
 from gan import data as data_lib
+from gan.utils import ConfigError
 
 
 class TrainState(train_state.TrainState):
@@ -58,7 +59,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
   if optim.get("decay", "none") == "linear":
     learning_rate = optax.linear_schedule(optim.lr, 0.0, num_steps)
   elif optim.get("decay", "none") != "none":
-    raise ValueError(f"unknown learning-rate decay {optim.decay!r}; use 'none' or 'linear'")
+    raise ConfigError(f"unknown learning-rate decay {optim.decay!r}; use 'none' or 'linear'")
   return optax.adam(learning_rate, b1=optim.b1, b2=optim.b2)
 
 

@@ -25,7 +25,7 @@ from gan import checkpoint, models, writers
 from gan import data as data_lib
 from gan import state as state_lib
 from gan import step as step_lib
-from gan.utils import check_batch, check_workdir, every
+from gan.utils import ConfigError, check_batch, check_workdir, every
 
 
 def replicate(tree, devices):
@@ -52,21 +52,22 @@ class Run:
     self.workdir = check_workdir(workdir)
     self.devices = jax.local_devices()
     check_batch(config.batch_size, len(self.devices))
+    # Names in the config are checked before the (slow) data loading.
+    step_config = step_lib.StepConfig.from_config(config)
+    self.G, self.D = models.build(config.model, axis_name=step_lib.AXIS)
     split = data_lib.load(config.dataset, config.train_split, config.data_dir)
     logging.info("Data: %d examples from %s", split.num_examples, split.source)
     if split.num_examples < config.batch_size:
-      raise ValueError(f"batch_size {config.batch_size} exceeds the {split.num_examples} "
-                       "training examples")
-    self.G, self.D = models.build(config.model, axis_name=step_lib.AXIS)
+      raise ConfigError(f"batch_size {config.batch_size} exceeds the {split.num_examples} "
+                        "training examples")
     self.state = state_lib.create(config, self.G, self.D, split.image.shape[1:],
                                   split.num_examples)
     self.checkpointer = checkpoint.Checkpointer(self.workdir, config.keep_checkpoints)
     if self.checkpointer.latest_step() is not None:
       self.state = self.checkpointer.restore(self.state)
-      logging.info("Resumed from step %d in %s", int(self.state.step), self.workdir)
+      print(f"Resuming from step {int(self.state.step)} in {self.workdir}", flush=True)
     self.data = replicate(split.arrays(), self.devices)
-    cfg = step_lib.StepConfig.from_config(config)
-    self.train_step = step_lib.pmap_step(step_lib.make_train_step(cfg, self.G, self.D))
+    self.train_step = step_lib.pmap_step(step_lib.make_train_step(step_config, self.G, self.D))
     self.sample = step_lib.make_sample_fn(self.G)
     self.fixed_z = jax.random.normal(
         jax.random.PRNGKey(config.seed + 1), (config.num_samples, config.model.z_dim))

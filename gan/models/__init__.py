@@ -6,6 +6,7 @@ import flax.linen as nn
 import ml_collections
 
 from gan.models import dcgan
+from gan.utils import ConfigError
 
 GENERATORS: dict[str, type[nn.Module]] = {"dcgan28": dcgan.Generator28}
 DISCRIMINATORS: dict[str, type[nn.Module]] = {"dcgan28": dcgan.Discriminator28}
@@ -13,7 +14,7 @@ DISCRIMINATORS: dict[str, type[nn.Module]] = {"dcgan28": dcgan.Discriminator28}
 
 def _lookup(registry: dict[str, type[nn.Module]], name: str, kind: str) -> type[nn.Module]:
   if name not in registry:
-    raise ValueError(f"unknown {kind} {name!r}; choose one of {sorted(registry)}")
+    raise ConfigError(f"unknown {kind} {name!r}; choose one of {sorted(registry)}")
   return registry[name]
 
 
