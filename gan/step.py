@@ -36,8 +36,16 @@ AXIS = "data"
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[GANState, dict[str, jax.Array]], tuple[GANState, Metrics]]
 
-_D_METRICS = ("loss", "real_acc", "fake_acc", "real_logit", "fake_logit", "real_prob",
-              "fake_prob", "grad_norm")
+_D_METRICS = (
+    "loss",
+    "real_acc",
+    "fake_acc",
+    "real_logit",
+    "fake_logit",
+    "real_prob",
+    "fake_prob",
+    "grad_norm",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +137,11 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
 
     (loss, (batch_stats, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g.params)
     grads = lax.pmean(grads, AXIS)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "fake_logit": jnp.mean(fake_logits)}
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "fake_logit": jnp.mean(fake_logits),
+    }
     return g.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
   def train_step(state: GANState, data: dict[str, jax.Array]) -> tuple[GANState, Metrics]:
@@ -141,14 +152,19 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     def critic_iteration(i, carry):
       g, d, perm, _ = carry
       perm, batch = data_lib.next_batch(
-          data, perm, data_key(state.rng), d.step, cfg.global_batch, AXIS)
+          data, perm, data_key(state.rng), d.step, cfg.global_batch, AXIS
+      )
       d, g, metrics = d_update(g, d, batch["image"], jax.random.fold_in(d_keys_root, i))
       return g, d, perm, metrics
 
     no_metrics = {k: jnp.zeros((), jnp.float32) for k in _D_METRICS}
     g, d, perm, d_metrics = lax.fori_loop(
-        0, cfg.n_critic, critic_iteration, (state.g, state.d, state.data_perm, no_metrics),
-        unroll=cfg.n_critic == 1)
+        0,
+        cfg.n_critic,
+        critic_iteration,
+        (state.g, state.d, state.data_perm, no_metrics),
+        unroll=cfg.n_critic == 1,
+    )
     g, g_metrics = g_update(g, d, local_batch, g_key)
 
     decay = ema_decay_at(state.step, cfg.ema_decay)
@@ -172,8 +188,9 @@ def shard_map_step(train_step: StepFn, mesh: Mesh) -> StepFn:
   State and data are passed unreplicated (replicated over the mesh); each
   device runs `train_step` on its share of the batch exactly as under pmap.
   """
-  mapped = jax.shard_map(train_step, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()),
-                         check_vma=False)
+  mapped = jax.shard_map(
+      train_step, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()), check_vma=False
+  )
   return jax.jit(mapped, donate_argnums=(0,))
 
 

@@ -58,10 +58,10 @@ class Run:
     split = data_lib.load(config.dataset, config.train_split, config.data_dir)
     logging.info("Data: %d examples from %s", split.num_examples, split.source)
     if split.num_examples < config.batch_size:
-      raise ConfigError(f"batch_size {config.batch_size} exceeds the {split.num_examples} "
-                        "training examples")
-    self.state = state_lib.create(config, self.G, self.D, split.image.shape[1:],
-                                  split.num_examples)
+      raise ConfigError(
+          f"batch_size {config.batch_size} exceeds the {split.num_examples} " "training examples"
+      )
+    self.state = state_lib.create(config, self.G, self.D, split.image.shape[1:], split.num_examples)
     self.checkpointer = checkpoint.Checkpointer(self.workdir, config.keep_checkpoints)
     if self.checkpointer.latest_step() is not None:
       self.state = self.checkpointer.restore(self.state)
@@ -70,7 +70,8 @@ class Run:
     self.train_step = step_lib.pmap_step(step_lib.make_train_step(step_config, self.G, self.D))
     self.sample = step_lib.make_sample_fn(self.G)
     self.fixed_z = jax.random.normal(
-        jax.random.PRNGKey(config.seed + 1), (config.num_samples, config.model.z_dim))
+        jax.random.PRNGKey(config.seed + 1), (config.num_samples, config.model.z_dim)
+    )
 
   def save_samples(self, state: state_lib.GANState) -> str:
     images = np.asarray(self.sample(state.g, state.g_ema, self.fixed_z))

@@ -32,5 +32,6 @@ def check_batch(global_batch: int, num_devices: int) -> int:
   if global_batch <= 0 or global_batch % num_devices:
     raise ConfigError(
         f"batch_size {global_batch} is not divisible by the {num_devices} devices; "
-        f"use a multiple of {num_devices}")
+        f"use a multiple of {num_devices}"
+    )
   return global_batch // num_devices

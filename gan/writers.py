@@ -29,7 +29,9 @@ def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
   grid = np.zeros((rows * (h + 1) + 1, columns * (w + 1) + 1, c), np.uint8)
   for i in range(n):
     r, col = divmod(i, columns)
-    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = pixels[i]
+    grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = pixels[
+        i
+    ]
   return grid
 
 

@@ -1,5 +1,6 @@
 """Data: epochs without repeats, device-count independent batches, offline fallback."""
 
+import functools
 import os
 import time
 
@@ -14,7 +15,7 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tensorfl
 
 
 def _toy_data(n: int = 40):
-  image = (np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8))
+  image = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8)
   return {"image": jnp.asarray(image), "label": jnp.arange(n, dtype=jnp.int32)}
 
 
@@ -29,10 +30,21 @@ def _batches(data_, key, global_batch, num_batches, devices=None):
       out.append(np.asarray(batch["label"]))
     else:
       k = len(devices)
-      fn = jax.pmap(lambda d, p: data.next_batch(d, p, key, jnp.int32(b), global_batch, "data"),
-                    axis_name="data", devices=devices)
-      rep = lambda x: np.broadcast_to(np.asarray(x), (k, *x.shape))  # noqa: E731
-      perms, batch = fn(jax.tree.map(rep, data_), rep(perm))
+      fn = jax.pmap(
+          functools.partial(
+              data.next_batch,
+              key=key,
+              batch_number=jnp.int32(b),
+              global_batch=global_batch,
+              axis_name="data",
+          ),
+          axis_name="data",
+          devices=devices,
+      )
+      replicated = jax.tree.map(
+          lambda x, k=k: np.broadcast_to(np.asarray(x), (k, *x.shape)), (data_, perm)
+      )
+      perms, batch = fn(*replicated)
       perm = perms[0]
       out.append(np.asarray(batch["label"]).reshape(-1))
   return out
@@ -84,8 +96,10 @@ def test_missing_other_dataset_fails_fast_with_a_clear_message(tmp_path):
   assert time.monotonic() - start < 5
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "mnist")),
-                    reason="prepared TFDS data (../shared/tensorflow_datasets) not present")
+@pytest.mark.skipif(
+    not os.path.isdir(os.path.join(SHARED, "mnist")),
+    reason="prepared TFDS data (../shared/tensorflow_datasets) not present",
+)
 def test_reads_the_prepared_tfds_mnist():
   split = data.load("mnist", "test", SHARED)
   assert split.image.shape == (10000, 28, 28, 1)

@@ -37,6 +37,9 @@ def test_masks_match_under_pmap_with_two_devices():
   single = Dropout(0.3).apply({}, x, deterministic=False, rngs={"dropout": key})
   mapped = jax.pmap(
       lambda x: Dropout(0.3, axis_name="data").apply(
-          {}, x, deterministic=False, rngs={"dropout": key}),
-      axis_name="data", devices=jax.devices()[:2])(x.reshape(2, 4, 6, 6, 2))
+          {}, x, deterministic=False, rngs={"dropout": key}
+      ),
+      axis_name="data",
+      devices=jax.devices()[:2],
+  )(x.reshape(2, 4, 6, 6, 2))
   np.testing.assert_array_equal(single, np.asarray(mapped).reshape(8, 6, 6, 2))

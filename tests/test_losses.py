@@ -60,8 +60,9 @@ def test_least_squares():
 
 def test_one_sided_label_smoothing_changes_only_the_real_term():
   loss = losses.get("non_saturating", smoothing=0.1)
-  real_term = _mean(0.9 * _softplus(-2.0) + 0.1 * _softplus(2.0),
-                    0.9 * _softplus(1.0) + 0.1 * _softplus(-1.0))
+  real_term = _mean(
+      0.9 * _softplus(-2.0) + 0.1 * _softplus(2.0), 0.9 * _softplus(1.0) + 0.1 * _softplus(-1.0)
+  )
   fake_term = _mean(_softplus(0.5), _softplus(-3.0))
   assert float(loss.d(REAL, FAKE, 0.1)) == pytest.approx(real_term + fake_term, rel=1e-6)
 

@@ -12,8 +12,15 @@ SMOKE = os.path.join(ROOT, "experiments", "mnist.py") + ":smoke"
 
 def _run(args, devices: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  return subprocess.run([sys.executable, "-m", "gan.main", *args], capture_output=True,
-                        text=True, env=env, cwd=ROOT, timeout=timeout, check=False)
+  return subprocess.run(
+      [sys.executable, "-m", "gan.main", *args],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=ROOT,
+      timeout=timeout,
+      check=False,
+  )
 
 
 def _assert_one_line_error(result, *fragments):
@@ -25,40 +32,48 @@ def _assert_one_line_error(result, *fragments):
     assert fragment in errors[0]
 
 
-@pytest.mark.parametrize("override, fragments", [
-    ("--config.num_stpes=5", ("unknown config key", "num_stpes")),
-    ("--config.num_steps=many", ("num_steps", "many")),
-    ("--config.loss=nonsaturating", ("unknown loss",)),
-])
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("--config.num_stpes=5", ("unknown config key", "num_stpes")),
+        ("--config.num_steps=many", ("num_steps", "many")),
+        ("--config.loss=nonsaturating", ("unknown loss",)),
+    ],
+)
 def test_bad_config_is_one_line(tmp_path, override, fragments):
-  _assert_one_line_error(_run(["--config", SMOKE, "--workdir", str(tmp_path), override]),
-                         *fragments)
+  _assert_one_line_error(
+      _run(["--config", SMOKE, "--workdir", str(tmp_path), override]), *fragments
+  )
 
 
 def test_batch_not_divisible_by_device_count(tmp_path):
-  result = _run(["--config", SMOKE, "--workdir", str(tmp_path), "--config.batch_size=15"],
-                devices=2)
+  result = _run(
+      ["--config", SMOKE, "--workdir", str(tmp_path), "--config.batch_size=15"], devices=2
+  )
   _assert_one_line_error(result, "batch_size 15", "2 devices")
 
 
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  _assert_one_line_error(_run(["--config", SMOKE, "--workdir", str(blocker / "run")]),
-                         "not writable")
+  _assert_one_line_error(
+      _run(["--config", SMOKE, "--workdir", str(blocker / "run")]), "not writable"
+  )
 
 
 def test_trains_offline_on_two_devices_and_resumes(tmp_path):
   workdir = str(tmp_path / "run")
   no_data = f"--config.data_dir={tmp_path / 'empty'}"
-  first = _run(["--config", SMOKE, "--workdir", workdir, no_data, "--config.num_steps=10"],
-               devices=2)
+  first = _run(
+      ["--config", SMOKE, "--workdir", workdir, no_data, "--config.num_steps=10"], devices=2
+  )
   assert first.returncode == 0, first.stderr
   assert "5,000-image MNIST sample" in first.stderr
   assert os.path.exists(os.path.join(workdir, "samples", "step_000010.png"))
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "10"))
-  second = _run(["--config", SMOKE, "--workdir", workdir, no_data, "--config.num_steps=20"],
-                devices=2)
+  second = _run(
+      ["--config", SMOKE, "--workdir", workdir, no_data, "--config.num_steps=20"], devices=2
+  )
   assert second.returncode == 0, second.stderr
   assert "Resuming from step 10" in second.stdout
   assert os.path.exists(os.path.join(workdir, "samples", "step_000020.png"))

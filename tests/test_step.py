@@ -15,8 +15,10 @@ from gan.train import replicate, unreplicate
 def _setup(config, n: int = 64):
   G, D = models.build(config.model, axis_name=step_lib.AXIS)
   rng = np.random.default_rng(0)
-  data = {"image": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-          "label": rng.integers(0, 10, (n,), dtype=np.int32)}
+  data = {
+      "image": rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+      "label": rng.integers(0, 10, (n,), dtype=np.int32),
+  }
   state = state_lib.create(config, G, D, (28, 28, 1), n)
   return G, D, data, state
 
@@ -65,7 +67,8 @@ def test_shard_map_step_equals_pmap_step(smoke_config):
   G, D, data, state = _setup(smoke_config)
   mesh = Mesh(np.asarray(jax.devices()[:2]), (step_lib.AXIS,))
   step = step_lib.shard_map_step(
-      step_lib.make_train_step(step_lib.StepConfig.from_config(smoke_config), G, D), mesh)
+      step_lib.make_train_step(step_lib.StepConfig.from_config(smoke_config), G, D), mesh
+  )
   for expected in pmap_metrics:
     state, metrics = step(state, data)
     _assert_trees_close(jax.device_get(metrics), expected, rtol=1e-5, atol=1e-6)
@@ -99,9 +102,19 @@ def test_ema_is_updated_in_graph_with_warmup(smoke_config):
 def test_metrics_are_flat_namespaced_finite_scalars(smoke_config):
   _, history = _run_pmap(smoke_config, 2, 1)
   metrics = history[0]
-  expected = {"d/loss", "d/real_acc", "d/fake_acc", "d/real_logit", "d/fake_logit",
-              "d/real_prob", "d/fake_prob", "d/grad_norm", "g/loss", "g/grad_norm",
-              "g/fake_logit"}
+  expected = {
+      "d/loss",
+      "d/real_acc",
+      "d/fake_acc",
+      "d/real_logit",
+      "d/fake_logit",
+      "d/real_prob",
+      "d/fake_prob",
+      "d/grad_norm",
+      "g/loss",
+      "g/grad_norm",
+      "g/fake_logit",
+  }
   assert set(metrics) == expected
   for name, value in metrics.items():
     assert np.shape(value) == (), name

@@ -15,14 +15,25 @@ from gan.checkpoint import Checkpointer
 def toy_mnist(monkeypatch):
   """128 random 28x28 images instead of reading TFDS, so the loop runs in seconds."""
   rng = np.random.default_rng(0)
-  split = data.Split(image=rng.integers(0, 256, (128, 28, 28, 1), dtype=np.uint8),
-                     label=rng.integers(0, 10, (128,), dtype=np.int32), source="toy")
+  split = data.Split(
+      image=rng.integers(0, 256, (128, 28, 28, 1), dtype=np.uint8),
+      label=rng.integers(0, 10, (128,), dtype=np.int32),
+      source="toy",
+  )
   monkeypatch.setattr(data, "load", lambda *args, **kwargs: split)
 
 
 def _params(state):
-  return jax.device_get((state.g.params, state.d.params, state.g_ema, state.g.opt_state,
-                         state.d.opt_state, state.data_perm))
+  return jax.device_get(
+      (
+          state.g.params,
+          state.d.params,
+          state.g_ema,
+          state.g.opt_state,
+          state.d.opt_state,
+          state.data_perm,
+      )
+  )
 
 
 def test_writes_samples_metrics_and_checkpoints(smoke_config, toy_mnist, tmp_path):
@@ -50,8 +61,9 @@ def test_resumed_run_is_bit_identical_to_uninterrupted_run(smoke_config, toy_mni
   resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
 
   assert int(resumed.step) == 8
-  for a, b in zip(jax.tree.leaves(_params(uninterrupted)), jax.tree.leaves(_params(resumed)),
-                  strict=True):
+  for a, b in zip(
+      jax.tree.leaves(_params(uninterrupted)), jax.tree.leaves(_params(resumed)), strict=True
+  ):
     np.testing.assert_array_equal(a, b)
   steps = [r["step"] for r in writers.read_metrics(str(tmp_path / "b"))]
   assert steps == sorted(steps) and steps[-1] == 8

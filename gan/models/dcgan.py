@@ -22,8 +22,8 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
 from flax.linen import ConvTranspose as _TmpConvT  # TEMP until layers.py lands
+
 from gan.models.dropout import Dropout
 
 _KERNEL_INIT = nn.initializers.xavier_uniform()
@@ -57,8 +57,8 @@ class Generator28(nn.Module):
         axis_name=self.axis_name if train else None,
     )
     conv_t = functools.partial(
-        _TmpConvT, kernel_size=(5, 5), padding="SAME", use_bias=False,
-        kernel_init=_KERNEL_INIT)
+        _TmpConvT, kernel_size=(5, 5), padding="SAME", use_bias=False, kernel_init=_KERNEL_INIT
+    )
     x = nn.Dense(7 * 7 * 4 * self.width, use_bias=False, kernel_init=_KERNEL_INIT)(z)
     x = _lrelu(norm()(x))
     x = x.reshape(z.shape[0], 7, 7, 4 * self.width)
@@ -85,7 +85,8 @@ class Discriminator28(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(
-        nn.Conv, kernel_size=(5, 5), strides=(2, 2), padding="SAME", kernel_init=_KERNEL_INIT)
+        nn.Conv, kernel_size=(5, 5), strides=(2, 2), padding="SAME", kernel_init=_KERNEL_INIT
+    )
     dropout = functools.partial(Dropout, self.dropout_rate, axis_name=self.axis_name)
     x = dropout()(_lrelu(conv(self.width)(x)), deterministic=not train)
     x = dropout()(_lrelu(conv(2 * self.width)(x)), deterministic=not train)
