@@ -1,0 +1,110 @@
+"""Throughput of the compiled MNIST DCGAN train step on the local devices.
+
+  python benchmarks/train_step.py                 # batch 64 and 256
+  python benchmarks/train_step.py --batch 128     # one batch size
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/train_step.py
+
+Prints one JSON line per batch size: batch, images_per_s, ms_per_step,
+compile_s, devices, peak_rss_mb (and the per-round times). The step is the
+real one (`gan.step`, pmapped, state donated) on MNIST-sized uint8 data held
+on the devices: one D update on a real batch and G(z1), then one G update
+with fresh z2 through the updated D, dropout on. Batch sizes are measured in
+interleaved rounds and the median round is reported, so that slow drifts of
+a shared machine hit every setting alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gan import platform  # noqa: E402
+
+platform.configure_xla()  # before JAX starts, as the training entry point does
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments import mnist  # noqa: E402
+from gan import models  # noqa: E402
+from gan import state as state_lib  # noqa: E402
+from gan import step as step_lib  # noqa: E402
+from gan.train import replicate  # noqa: E402
+
+NUM_EXAMPLES = 60_000
+
+
+class Setting:
+  """One compiled step at one global batch size, with its state on the devices."""
+
+  def __init__(self, batch: int, data):
+    config = mnist.get_config()
+    config.batch_size = batch
+    devices = jax.local_devices()
+    G, D = models.build(config.model, axis_name=step_lib.AXIS)
+    state = state_lib.create(config, G, D, (28, 28, 1), NUM_EXAMPLES)
+    step = step_lib.pmap_step(
+        step_lib.make_train_step(step_lib.StepConfig.from_config(config), G, D)
+    )
+    self.batch, self.devices = batch, len(devices)
+    self.state, self.data = replicate(state, devices), data
+    start = time.perf_counter()
+    self.step = step.lower(self.state, self.data).compile()
+    self.compile_s = time.perf_counter() - start
+    self.round_ms: list[float] = []
+
+  def run(self, steps: int) -> float:
+    """Runs `steps` steps and returns the mean ms per step (synchronised at both ends)."""
+    jax.block_until_ready(self.state)
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.state, metrics = self.step(self.state, self.data)
+    jax.block_until_ready((self.state, metrics))
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, action="append", help="global batch (repeatable)")
+  parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+  parser.add_argument("--seconds", type=float, default=3.0, help="target seconds per round")
+  args = parser.parse_args()
+  batches = args.batch or [64, 256]
+
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (NUM_EXAMPLES, 28, 28, 1), dtype=np.uint8)
+  labels = rng.integers(0, 10, (NUM_EXAMPLES,), dtype=np.int32)
+  data = replicate({"image": images, "label": labels}, jax.local_devices())
+  settings = [Setting(batch, data) for batch in batches]
+  steps = {}
+  for s in settings:  # warm-up, and the number of steps that fills a round
+    s.run(3)
+    steps[s.batch] = max(3, int(args.seconds * 1e3 / s.run(3)))
+  for _ in range(args.rounds):
+    for s in settings:
+      s.round_ms.append(s.run(steps[s.batch]))
+  for s in settings:
+    ms = statistics.median(s.round_ms)
+    print(
+        json.dumps({
+            "batch": s.batch,
+            "images_per_s": round(s.batch / ms * 1e3, 1),
+            "ms_per_step": round(ms, 2),
+            "compile_s": round(s.compile_s, 2),
+            "devices": s.devices,
+            "peak_rss_mb": round(platform.peak_rss_mb(), 1),
+            "round_ms": [round(x, 1) for x in s.round_ms],
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        }),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+  main()
