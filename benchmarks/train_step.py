@@ -92,16 +92,18 @@ def main() -> None:
   for s in settings:
     ms = statistics.median(s.round_ms)
     print(
-        json.dumps({
-            "batch": s.batch,
-            "images_per_s": round(s.batch / ms * 1e3, 1),
-            "ms_per_step": round(ms, 2),
-            "compile_s": round(s.compile_s, 2),
-            "devices": s.devices,
-            "peak_rss_mb": round(platform.peak_rss_mb(), 1),
-            "round_ms": [round(x, 1) for x in s.round_ms],
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        }),
+        json.dumps(
+            {
+                "batch": s.batch,
+                "images_per_s": round(s.batch / ms * 1e3, 1),
+                "ms_per_step": round(ms, 2),
+                "compile_s": round(s.compile_s, 2),
+                "devices": s.devices,
+                "peak_rss_mb": round(platform.peak_rss_mb(), 1),
+                "round_ms": [round(x, 1) for x in s.round_ms],
+                "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            }
+        ),
         flush=True,
     )
 

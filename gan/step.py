@@ -36,17 +36,6 @@ AXIS = "data"
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[GANState, dict[str, jax.Array]], tuple[GANState, Metrics]]
 
-_D_METRICS = (
-    "loss",
-    "real_acc",
-    "fake_acc",
-    "real_logit",
-    "fake_logit",
-    "real_prob",
-    "fake_prob",
-    "grad_norm",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
@@ -149,22 +138,15 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     step_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x57E9), state.step)
     d_keys_root, g_key = jax.random.split(step_key)
 
-    def critic_iteration(i, carry):
-      g, d, perm, _ = carry
+    # A Python loop, not lax.fori_loop: on XLA:CPU the same updates inside a
+    # while loop ran 4.5x slower (1260 vs 279 ms per MNIST step at batch 64,
+    # benchmarks/README.md). n_critic is small, so unrolling costs only compile time.
+    g, d, perm = state.g, state.d, state.data_perm
+    for i in range(cfg.n_critic):
       perm, batch = data_lib.next_batch(
           data, perm, data_key(state.rng), d.step, cfg.global_batch, AXIS
       )
-      d, g, metrics = d_update(g, d, batch["image"], jax.random.fold_in(d_keys_root, i))
-      return g, d, perm, metrics
-
-    no_metrics = {k: jnp.zeros((), jnp.float32) for k in _D_METRICS}
-    g, d, perm, d_metrics = lax.fori_loop(
-        0,
-        cfg.n_critic,
-        critic_iteration,
-        (state.g, state.d, state.data_perm, no_metrics),
-        unroll=cfg.n_critic == 1,
-    )
+      d, g, d_metrics = d_update(g, d, batch["image"], jax.random.fold_in(d_keys_root, i))
     g, g_metrics = g_update(g, d, local_batch, g_key)
 
     decay = ema_decay_at(state.step, cfg.ema_decay)

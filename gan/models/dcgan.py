@@ -22,8 +22,8 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.linen import ConvTranspose as _TmpConvT  # TEMP until layers.py lands
 
+from gan.models import layers
 from gan.models.dropout import Dropout
 
 _KERNEL_INIT = nn.initializers.xavier_uniform()
@@ -46,6 +46,7 @@ class Generator28(nn.Module):
   width: int = 64
   channels: int = 1
   axis_name: str | None = None
+  conv_chunk: int | None = 64
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool) -> jax.Array:
@@ -57,14 +58,19 @@ class Generator28(nn.Module):
         axis_name=self.axis_name if train else None,
     )
     conv_t = functools.partial(
-        _TmpConvT, kernel_size=(5, 5), padding="SAME", use_bias=False, kernel_init=_KERNEL_INIT
+        layers.ConvTranspose,
+        kernel_size=(5, 5),
+        padding="SAME",
+        use_bias=False,
+        kernel_init=_KERNEL_INIT,
     )
     x = nn.Dense(7 * 7 * 4 * self.width, use_bias=False, kernel_init=_KERNEL_INIT)(z)
     x = _lrelu(norm()(x))
     x = x.reshape(z.shape[0], 7, 7, 4 * self.width)
-    x = _lrelu(norm()(conv_t(2 * self.width, strides=(1, 1))(x)))
-    x = _lrelu(norm()(conv_t(self.width, strides=(2, 2))(x)))
-    x = conv_t(self.channels, strides=(2, 2))(x)
+    chunked = functools.partial(layers.batch_chunked, chunk=self.conv_chunk)
+    x = _lrelu(norm()(chunked(conv_t(2 * self.width, strides=(1, 1)), x)))
+    x = _lrelu(norm()(chunked(conv_t(self.width, strides=(2, 2)), x)))
+    x = chunked(conv_t(self.channels, strides=(2, 2)), x)
     return jnp.tanh(x)
 
 
@@ -81,6 +87,7 @@ class Discriminator28(nn.Module):
   width: int = 64
   dropout_rate: float = 0.3
   axis_name: str | None = None
+  conv_chunk: int | None = 64
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -88,7 +95,8 @@ class Discriminator28(nn.Module):
         nn.Conv, kernel_size=(5, 5), strides=(2, 2), padding="SAME", kernel_init=_KERNEL_INIT
     )
     dropout = functools.partial(Dropout, self.dropout_rate, axis_name=self.axis_name)
-    x = dropout()(_lrelu(conv(self.width)(x)), deterministic=not train)
-    x = dropout()(_lrelu(conv(2 * self.width)(x)), deterministic=not train)
+    chunked = functools.partial(layers.batch_chunked, chunk=self.conv_chunk)
+    x = dropout()(_lrelu(chunked(conv(self.width), x)), deterministic=not train)
+    x = dropout()(_lrelu(chunked(conv(2 * self.width), x)), deterministic=not train)
     x = x.reshape(x.shape[0], -1)
     return nn.Dense(1, kernel_init=_KERNEL_INIT)(x)[:, 0]

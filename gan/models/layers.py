@@ -25,8 +25,12 @@ Why it exists:
     sub-pixel/phase decomposition  9.4 ms      21 ms
     ==========================  ==========  ===============================
 
-  Over a whole DCGAN training step this took batch 64 from ~130 img/s to
-  ~285 img/s (see the ``ConvTranspose`` docstring for the step numbers).
+  Whole DCGAN training step (D update + G update, same flags, same run,
+  median ms/step): batch 64: 502 ms (128 img/s) with flax.linen.ConvTranspose
+  vs 270 ms (237 img/s) with this module; batch 256: 2139 ms (120 img/s) vs
+  1076 ms (238 img/s). The step is then dominated by the stride-1
+  7x7x256 -> 7x7x128 layer, which already runs at this machine's XLA GEMM
+  peak (~205 GFLOP/s).
 
 How:
   A transposed convolution ``T`` is the adjoint of a strided convolution ``S``
@@ -91,7 +95,7 @@ def _transpose_padding(
   if isinstance(padding, str):
     padding = padding.upper()
     pads = []
-    for k, s in zip(kernel_size, strides):
+    for k, s in zip(kernel_size, strides, strict=True):
       if padding == 'SAME':
         pad_len = k + s - 2
         pad_a = k - 1 if s > k - 1 else int(np.ceil(pad_len / 2))
@@ -160,9 +164,7 @@ def _conv_transpose_bwd(strides, pads, precision, residuals, dy):
   # S: the strided convolution whose adjoint is our forward pass. Complementing
   # the padding (k - 1 - p) is what makes <T x, y> == <x, S y> hold exactly and
   # gives S an output of exactly x's spatial shape.
-  adj_pads = tuple(
-      (k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel_size, pads)
-  )
+  adj_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel_size, pads, strict=True))
 
   def strided_conv(v):
     return lax.conv_general_dilated(
@@ -266,3 +268,17 @@ class ConvTranspose(nn.Module):
     if bias is not None:
       y = y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
     return y.reshape(batch_shape + y.shape[1:])
+
+
+def batch_chunked(layer: Any, x: Array, chunk: int | None) -> Array:
+  """``layer(x)`` computed on slices of at most ``chunk`` examples, then concatenated.
+
+  XLA:CPU convolutions lose per-image efficiency as the batch grows past what
+  fits in cache; slicing the batch of a per-example layer (a convolution, not
+  batch norm) keeps each convolution small without changing any result.
+  """
+  n = x.shape[0]
+  if not chunk or n <= chunk:
+    return layer(x)
+  pieces = jnp.split(x, list(range(chunk, n, chunk)))
+  return jnp.concatenate([layer(p) for p in pieces])
