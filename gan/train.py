@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -59,7 +60,7 @@ class Run:
     logging.info("Data: %d examples from %s", split.num_examples, split.source)
     if split.num_examples < config.batch_size:
       raise ConfigError(
-          f"batch_size {config.batch_size} exceeds the {split.num_examples} " "training examples"
+          f"batch_size {config.batch_size} exceeds the {split.num_examples} training examples"
       )
     self.state = state_lib.create(config, self.G, self.D, split.image.shape[1:], split.num_examples)
     self.checkpointer = checkpoint.Checkpointer(self.workdir, config.keep_checkpoints)
@@ -98,7 +99,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   writer = writers.MetricWriter(run.workdir)
   p_state = replicate(run.state, run.devices)
   del run.state  # donated to the step from here on
-  bar = tqdm(total=config.num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+  bar = tqdm(
+      total=config.num_steps,
+      initial=start,
+      desc="train",
+      unit="step",
+      dynamic_ncols=True,
+      # Redrawn in place on a terminal; in a log file, one line every 30 s.
+      mininterval=0.5 if sys.stderr.isatty() else 30.0,
+  )
   last_time, last_step = time.perf_counter(), start
   for step in range(start + 1, config.num_steps + 1):
     p_state, p_metrics = run.train_step(p_state, run.data)

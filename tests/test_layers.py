@@ -78,3 +78,31 @@ def test_jit_and_extra_batch_dims():
   y = jax.jit(ours.apply)(params, x)
   assert y.shape == (2, 3, 14, 14, 8)
   _assert_close(y, ref.apply(params, x))
+
+
+def test_batch_chunked_generator_equals_unchunked(smoke_config):
+  """Slicing the convolutions' batch changes nothing: batch norm still sees the whole batch."""
+  from gan import models  # noqa: PLC0415
+
+  z = jax.random.normal(jax.random.PRNGKey(0), (5, 100))
+  smoke_config.model.g.conv_chunk = None
+  G_whole, _ = models.build(smoke_config.model, axis_name=None)
+  smoke_config.model.g.conv_chunk = 2
+  G_chunked, _ = models.build(smoke_config.model, axis_name=None)
+  variables = G_whole.init(jax.random.PRNGKey(1), z, train=False)
+
+  def loss(params, G):
+    out, _ = G.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']},
+        z,
+        train=True,
+        mutable=['batch_stats'],
+    )
+    return jnp.sum(out**2), out
+
+  (_, whole), g_whole = jax.value_and_grad(loss, has_aux=True)(variables['params'], G_whole)
+  (_, chunked), g_chunked = jax.value_and_grad(loss, has_aux=True)(variables['params'], G_chunked)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_chunked, g_whole
+  )
