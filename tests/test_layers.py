@@ -85,7 +85,7 @@ def test_batch_chunked_generator_equals_unchunked(smoke_config):
   from gan import models  # noqa: PLC0415
 
   z = jax.random.normal(jax.random.PRNGKey(0), (5, 100))
-  smoke_config.model.g.conv_chunk = None
+  smoke_config.model.g.conv_chunk = 0
   G_whole, _ = models.build(smoke_config.model, axis_name=None)
   smoke_config.model.g.conv_chunk = 2
   G_chunked, _ = models.build(smoke_config.model, axis_name=None)

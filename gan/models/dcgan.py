@@ -41,12 +41,14 @@ class Generator28(nn.Module):
     channels: output image channels.
     axis_name: data-parallel axis over which batch-norm statistics are averaged,
       so a batch split over devices normalises exactly like the whole batch.
+    conv_chunk: the convolutions run on slices of at most this many examples
+      (0: the whole batch); a CPU speed knob that changes no result.
   """
 
   width: int = 64
   channels: int = 1
   axis_name: str | None = None
-  conv_chunk: int | None = 64
+  conv_chunk: int = 64
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool) -> jax.Array:
@@ -82,12 +84,13 @@ class Discriminator28(nn.Module):
     dropout_rate: dropout after each convolution block (active when train).
     axis_name: data-parallel axis, so dropout masks do not depend on how the
       batch is split over devices.
+    conv_chunk: as for the generator.
   """
 
   width: int = 64
   dropout_rate: float = 0.3
   axis_name: str | None = None
-  conv_chunk: int | None = 64
+  conv_chunk: int = 64
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:

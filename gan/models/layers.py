@@ -270,7 +270,7 @@ class ConvTranspose(nn.Module):
     return y.reshape(batch_shape + y.shape[1:])
 
 
-def batch_chunked(layer: Any, x: Array, chunk: int | None) -> Array:
+def batch_chunked(layer: Any, x: Array, chunk: int) -> Array:
   """``layer(x)`` computed on slices of at most ``chunk`` examples, then concatenated.
 
   XLA:CPU convolutions lose per-image efficiency as the batch grows past what
