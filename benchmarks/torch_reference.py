@@ -21,6 +21,7 @@ import resource
 import statistics
 import time
 
+import timing  # benchmarks/timing.py, beside this file
 import torch
 from torch import nn
 
@@ -98,13 +99,7 @@ def main() -> None:
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   settings = [Setting(b) for b in args.batch or [64, 256]]
-  steps = {}
-  for s in settings:
-    s.run(3)
-    steps[s.batch] = max(3, int(args.seconds * 1e3 / s.run(3)))
-  for _ in range(args.rounds):
-    for s in settings:
-      s.round_ms.append(s.run(steps[s.batch]))
+  timing.interleaved_rounds(settings, args.rounds, args.seconds)
   for s in settings:
     ms = statistics.median(s.round_ms)
     print(

@@ -30,6 +30,7 @@ platform.configure_xla()  # before JAX starts, as the training entry point does
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import timing  # noqa: E402  (benchmarks/timing.py)
 
 from experiments import mnist  # noqa: E402
 from gan import models  # noqa: E402
@@ -86,13 +87,7 @@ def main() -> None:
   labels = rng.integers(0, 10, (NUM_EXAMPLES,), dtype=np.int32)
   data = replicate({"image": images, "label": labels}, jax.local_devices())
   settings = [Setting(batch, data, args.conv_chunk) for batch in batches]
-  steps = {}
-  for s in settings:  # warm-up, and the number of steps that fills a round
-    s.run(3)
-    steps[s.batch] = max(3, int(args.seconds * 1e3 / s.run(3)))
-  for _ in range(args.rounds):
-    for s in settings:
-      s.round_ms.append(s.run(steps[s.batch]))
+  timing.interleaved_rounds(settings, args.rounds, args.seconds)
   for s in settings:
     ms = statistics.median(s.round_ms)
     print(
