@@ -109,8 +109,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       mininterval=0.5 if sys.stderr.isatty() else 30.0,
   )
   last_time, last_step = time.perf_counter(), start
+  p_metrics = None
   for step in range(start + 1, config.num_steps + 1):
+    # At most two steps in flight: wait for step t-1 before queueing t+1. An
+    # unbounded queue of pmapped steps deadlocked XLA:CPU with 2 simulated
+    # devices on 2 cores (an all-reduce rendezvous timed out in step 1).
+    previous = p_metrics
     p_state, p_metrics = run.train_step(p_state, run.data)
+    jax.block_until_ready(previous)
     bar.update(1)
     is_last = step == config.num_steps
     if every(step, config.log_every) or is_last:
