@@ -9,14 +9,15 @@ Small and fast variant for tests and CPU demos:
   python -m gan.main --config experiments/mnist.py:smoke --workdir /tmp/smoke
 
 What to expect (measured 2026-11-24 on the 2-core CPU development machine,
-jax 0.10.2, full 60,000-image MNIST via TFDS_DATA_DIR, one device): the
-5,000 steps take 24 minutes wall clock (about 3.3 steps/s, ~225 images/s,
-peak RSS 1.78 GB). The EMA sample grid shows blurry stroke blobs at step 500
-(~2.5 min), mostly recognisable digits by step 1,500 (~8 min), and at step
-5,000 clean digits of all ten classes with a few malformed strokes. D's loss
-stays between 1.21 and 1.49 (median 1.32; 2 ln 2 = 1.39 is the equilibrium)
-and its accuracies on real and fake batches between 0.22 and 0.92 (medians
-0.63 and 0.61): neither player wins.
+jax 0.10.2, full 60,000-image MNIST via TFDS_DATA_DIR, one device): the 5,000
+steps take 24 minutes wall clock (about 3.3 steps/s, ~225 images/s; peak RSS
+1.78 GB with TensorFlow then still in the training process, ~1.2 GB since the
+TFDS reader runs in a child process). The EMA sample grid shows blurry stroke
+blobs at step 500 (~2.5 min), mostly recognisable digits by step 1,500
+(~8 min), and at step 5,000 clean digits of all ten classes with a few
+malformed strokes. D's loss stays between 1.21 and 1.49 (median 1.32;
+2 ln 2 = 1.39 is the equilibrium) and its accuracies on real and fake batches
+between 0.22 and 0.92 (medians 0.63 and 0.61): neither player wins.
 """
 
 from __future__ import annotations
