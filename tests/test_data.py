@@ -11,7 +11,10 @@ import pytest
 
 from gan import data
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tensorflow_datasets")
+# The prepared data: $TFDS_DATA_DIR, else ../shared beside the checkout (as in CI).
+SHARED = os.environ.get("TFDS_DATA_DIR") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "tensorflow_datasets"
+)
 
 
 def _toy_data(n: int = 40):
@@ -98,7 +101,7 @@ def test_missing_other_dataset_fails_fast_with_a_clear_message(tmp_path):
 
 @pytest.mark.skipif(
     not os.path.isdir(os.path.join(SHARED, "mnist")),
-    reason="prepared TFDS data (../shared/tensorflow_datasets) not present",
+    reason="no prepared TFDS data ($TFDS_DATA_DIR or ../shared/tensorflow_datasets)",
 )
 def test_reads_the_prepared_tfds_mnist():
   split = data.load("mnist", "test", SHARED)
