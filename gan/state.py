@@ -83,13 +83,13 @@ def create(
   z = jnp.zeros((1, config.model.z_dim), jnp.float32)
   g_vars = G.init(g_key, z, train=False)
   d_vars = D.init(d_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-  # Discriminator updates per generator update set how far D's schedule runs.
   g = TrainState.create(
       apply_fn=G.apply,
       params=g_vars["params"],
       batch_stats=g_vars.get("batch_stats", {}),
       tx=make_optimizer(config.optim.g, config.num_steps),
   )
+  # D takes n_critic updates per generator step, so its schedule spans that many more.
   d = TrainState.create(
       apply_fn=D.apply,
       params=d_vars["params"],
