@@ -9,7 +9,6 @@ complete step.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import jax
 import ml_collections
@@ -52,14 +51,6 @@ class Checkpointer:
     )
     return restored["state"]
 
-  def restore_config(self, step: int | None = None) -> dict[str, Any]:
-    step = self.latest_step() if step is None else step
-    return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
-        "config"
-    ]
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
+    """Waits for pending (asynchronous) saves to finish, then releases the manager."""
     self._manager.close()

@@ -49,7 +49,6 @@ class Run:
   """A prepared run: data on the devices, models, state, compiled step and writers."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.config = config
     self.workdir = check_workdir(workdir)
     self.devices = jax.local_devices()
     check_batch(config.batch_size, len(self.devices))
@@ -134,5 +133,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       run.checkpointer.save(jax.device_get(unreplicate(p_state)), config)
   bar.close()
   writer.close()
-  run.checkpointer.wait()
+  run.checkpointer.close()
   return jax.block_until_ready(unreplicate(p_state))
