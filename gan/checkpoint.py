@@ -1,28 +1,72 @@
-"""Orbax checkpoints of the whole GANState plus the config, and resume from a workdir.
+"""Orbax checkpoints of the whole GANState plus the config, resume, and the best checkpoints.
 
 Orbax writes each checkpoint into a temporary directory and renames it only
 when complete, so a run killed mid-save leaves at most a `*.orbax-checkpoint-tmp*`
 directory that restore ignores (and cleans up); the run resumes from the last
 complete step.
+
+Which checkpoints stay on disk is a preservation policy: the latest `keep`
+always, plus, when a metric is chosen, the best `keep_best` by that metric
+among checkpoints saved with evaluation results. (Orbax's `max_to_keep`
+combined with `best_fn` ranks every checkpoint by the metric and can delete
+the latest one, which would lose the run's progress; the policy cannot.)
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 from gan.state import GANState
 
 
 class Checkpointer:
-  """Saves and restores unreplicated GANStates under `workdir/checkpoints`."""
+  """Saves and restores unreplicated GANStates under `workdir/checkpoints`.
 
-  def __init__(self, workdir: str, keep: int):
+  Args:
+    workdir: the run's directory.
+    keep: number of latest checkpoints to keep.
+    best_metric: metric name (as in metrics.jsonl, e.g. "mnist_cnn/fcd") to
+      rank checkpoints by; None keeps only the latest ones.
+    best_mode: "min" or "max": which end of `best_metric` is best.
+    keep_best: number of best checkpoints to keep besides the latest.
+  """
+
+  def __init__(
+      self,
+      workdir: str,
+      keep: int,
+      best_metric: str | None = None,
+      best_mode: str = "min",
+      keep_best: int = 1,
+  ):
+    self.best_metric = best_metric
+    policies = [checkpoint_managers.LatestN(n=keep)]
+    best_fn = None
+    if best_metric:
+      if best_mode not in ("min", "max"):
+        raise ValueError(f"best_mode must be 'min' or 'max', not {best_mode!r}")
+      worst = float("inf") if best_mode == "min" else float("-inf")
+      # Checkpoints saved between evaluations carry empty metrics and rank last.
+      best_fn = lambda metrics: metrics.get(best_metric, worst)  # noqa: E731
+      policies.append(
+          checkpoint_managers.BestN(
+              get_metric_fn=best_fn,
+              reverse=best_mode == "min",  # BestN keeps the top of an ascending sort
+              n=keep_best,
+          )
+      )
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=True
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        best_fn=best_fn,  # so that metrics are stored with checkpoints and best_step works
+        best_mode=best_mode,
+        create=True,
+        cleanup_tmp_directories=True,
     )
     self.directory = os.path.join(workdir, "checkpoints")
     self._manager = ocp.CheckpointManager(
@@ -32,17 +76,43 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, state: GANState, config: ml_collections.ConfigDict) -> None:
+  def best_step(self) -> int | None:
+    """The best checkpoint by the metric (None without a metric or evaluated checkpoint)."""
+    if not self.best_metric:
+      return None
+    evaluated = [
+        s for s in self._manager.all_steps() if self.best_metric in (self._manager.metrics(s) or {})
+    ]
+    return self._manager.best_step() if evaluated else None
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(
+      self,
+      state: GANState,
+      config: ml_collections.ConfigDict,
+      metrics: dict[str, float] | None = None,
+  ) -> None:
+    """Saves `state`; `metrics` (evaluation results at this step) rank it for best-N."""
     step = int(jax.device_get(state.step))
+    # With a tracked metric, always a dict: Orbax warns on every save without one.
+    metrics = dict(metrics or {}) if self.best_metric else None
     self._manager.save(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict())
         ),
+        metrics=metrics,
+        force=True,
     )
 
-  def restore(self, like: GANState, step: int | None = None) -> GANState:
-    """Restores checkpoint `step` (default: latest) into the structure of `like`."""
+  def restore(self, like: GANState | None, step: int | None = None) -> GANState | dict[str, Any]:
+    """Restores checkpoint `step` (default: latest) into the structure of `like`.
+
+    With `like=None` the state comes back as nested dicts of arrays (enough to
+    sample from a generator without rebuilding the training state).
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -50,6 +120,11 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like))
     )
     return restored["state"]
+
+  def restore_config(self, step: int) -> dict[str, Any]:
+    """The config saved with checkpoint `step`."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return restored["config"]
 
   def close(self) -> None:
     """Waits for pending (asynchronous) saves to finish, then releases the manager."""

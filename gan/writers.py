@@ -5,7 +5,9 @@ Layout of a workdir:
   config.json            the run's full config
   metrics.jsonl          one JSON object per log step: {"step": ..., "d/loss": ...}
   tensorboard/           the same scalars as TensorBoard events
-  samples/step_XXXXXX.png  fixed-noise grid from the EMA generator
+  samples/step_XXXXXX.png  fixed-noise grid from the EMA generator (2D data: scatter plot)
+  evals.jsonl            one record per evaluation: metrics with their protocol stamps
+  eval.json              the final (or `gan.evaluate`'s) evaluation
   checkpoints/           Orbax checkpoints (see gan.checkpoint)
 """
 
@@ -20,12 +22,22 @@ import numpy as np
 from PIL import Image
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats -> uint8 pixels, rounding to nearest: the one quantisation of the project.
+
+  Used for the PNG grids, the .npz files of `gan.sample` and the images the
+  evaluators score, so a number can be reproduced from the written samples.
+  """
+  pixels = (np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5
+  return np.clip(np.floor(pixels), 0, 255).astype(np.uint8)
+
+
 def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
   """Tiles images (N, H, W, C) in [-1, 1] into one uint8 (rows*H, cols*W, C) array, 1px gaps."""
   n, h, w, c = images.shape
   columns = columns or math.ceil(math.sqrt(n))
   rows = math.ceil(n / columns)
-  pixels = np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+  pixels = to_uint8(images)
   grid = np.zeros((rows * (h + 1) + 1, columns * (w + 1) + 1, c), np.uint8)
   for i in range(n):
     r, col = divmod(i, columns)
@@ -39,6 +51,24 @@ def save_image_grid(images: np.ndarray, path: str) -> str:
   grid = image_grid(images)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  return path
+
+
+def save_points_plot(points: np.ndarray, means: np.ndarray, path: str) -> str:
+  """Scatter plot of generated 2D points (blue) over the mixture's means (red)."""
+  import matplotlib  # noqa: PLC0415  (only needed for 2D data)
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+  ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, color="tab:blue")
+  ax.scatter(means[:, 0], means[:, 1], s=12, marker="x", color="tab:red")
+  lim = float(np.abs(means).max()) * 1.4
+  ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, bbox_inches="tight")
+  plt.close(fig)
   return path
 
 

@@ -107,3 +107,20 @@ def test_reads_the_prepared_tfds_mnist():
   split = data.load("mnist", "test", SHARED)
   assert split.image.shape == (10000, 28, 28, 1)
   assert np.bincount(split.label).sum() == 10000
+
+
+def test_stacked_mnist_batches_stack_three_digits():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (60, 28, 28, 1), dtype=np.uint8)
+  labels = rng.integers(0, 10, (60,), dtype=np.int32)
+  d = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+  perm = data.epoch_permutation(jax.random.PRNGKey(0), jnp.int32(0), 60)
+  batch_fn = data.batch_fn("stacked_mnist")
+  _, batch = batch_fn(d, perm, jax.random.PRNGKey(0), jnp.int32(1), 4, None)
+  assert batch["image"].shape == (4, 28, 28, 3)
+  index = np.asarray(perm)[12:24].reshape(4, 3)  # batch 1 of 4 examples x 3 images
+  for j in range(3):
+    np.testing.assert_allclose(
+        batch["image"][..., j], images[index[:, j], ..., 0] * (2 / 255) - 1, atol=1e-6
+    )
+  np.testing.assert_array_equal(batch["label"], (labels[index] * [1, 10, 100]).sum(axis=1))

@@ -5,11 +5,17 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from gan.models import dcgan
+from gan.models import dcgan, mlp
 from gan.utils import ConfigError
 
-GENERATORS: dict[str, type[nn.Module]] = {"dcgan28": dcgan.Generator28}
-DISCRIMINATORS: dict[str, type[nn.Module]] = {"dcgan28": dcgan.Discriminator28}
+GENERATORS: dict[str, type[nn.Module]] = {
+    "dcgan28": dcgan.Generator28,
+    "mlp": mlp.MLPGenerator,
+}
+DISCRIMINATORS: dict[str, type[nn.Module]] = {
+    "dcgan28": dcgan.Discriminator28,
+    "mlp": mlp.MLPDiscriminator,
+}
 
 
 def _lookup(registry: dict[str, type[nn.Module]], name: str, kind: str) -> type[nn.Module]:

@@ -1,0 +1,46 @@
+"""Command line: `python -m gan.evaluate --workdir W [--checkpoint best|latest|STEP]`.
+
+Scores a checkpoint of a run with the evaluators of its config (or, for runs
+whose config declares none, the default evaluators of its dataset) and writes
+`W/eval.json`: {"step", "checkpoint", <eval name>: {<metric>: value,
+"protocol": {...}}}. Errors are one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from gan import platform
+
+platform.configure_xla()  # before JAX initialises its backend
+
+from absl import app, flags, logging  # noqa: E402
+
+from gan import data, utils  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
+_RAW = flags.DEFINE_bool("raw", False, "Score the raw generator instead of its EMA.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Override every evaluator's sample count.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    utils.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    from gan import runs  # noqa: PLC0415  (after flags, so --help stays fast)
+
+    record = runs.evaluate(_WORKDIR.value, _CHECKPOINT.value, _RAW.value, _NUM_SAMPLES.value)
+  except (utils.ConfigError, data.DatasetNotFoundError, FileNotFoundError) as e:
+    utils.fail(str(e))
+  print(json.dumps(record, indent=2))
+  print(f"wrote {os.path.join(_WORKDIR.value, 'eval.json')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)

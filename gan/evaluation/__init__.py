@@ -1,0 +1,1 @@
+"""Metrics, feature extractors and evaluators."""

@@ -1,0 +1,293 @@
+"""Evaluators declared in `config.evals`, run in training and by `gan.evaluate`.
+
+Each entry of `config.evals` names an evaluator and its settings, e.g.
+
+  config.evals.mnist_cnn = dict(kind="classifier", every=1000, num_samples=10_000)
+
+`build(config)` turns them into objects with `every` and
+`run(generator) -> Result`; a Result holds flat scalar metrics and the
+protocol stamp that says how they were measured (extractor and its weights'
+SHA-256, numbers of generated and reference samples, reference split, EMA or
+raw generator). In `metrics.jsonl` metrics appear as `<eval name>/<metric>`.
+
+Generated images are quantised to uint8 exactly as `gan.sample` writes them,
+so a number here can be reproduced from the .npz by anyone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from gan import data as data_lib
+from gan import toy2d, writers
+from gan.evaluation import classifiers, metrics
+from gan.utils import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  metrics: dict[str, float]
+  protocol: dict[str, Any]
+
+
+class Generator:
+  """A generator ready to sample: EMA (default) or raw parameters, inference mode."""
+
+  def __init__(self, module: nn.Module, state: Any, z_dim: int, use_ema: bool = True):
+    """`state` is a GANState or the raw dict a checkpoint restores to without a target."""
+    g = _field(state, "g")
+    params = _field(state, "g_ema") if use_ema else _field(g, "params")
+    batch_stats = _field(g, "batch_stats")
+    self.variables = {"params": params} | ({"batch_stats": batch_stats} if batch_stats else {})
+    self.step = int(np.asarray(_field(state, "step")))
+    self.z_dim = z_dim
+    self.kind = "ema" if use_ema else "raw"
+    self._apply = jax.jit(lambda v, z: module.apply(v, z, train=False))
+
+  def outputs(self, num: int, seed: int, batch_size: int = 500) -> np.ndarray:
+    """`num` generator outputs (float32) for latents drawn from PRNGKey(seed)."""
+    key = jax.random.PRNGKey(seed)
+    out = []
+    for start in range(0, num, batch_size):
+      z = jax.random.normal(jax.random.fold_in(key, start), (batch_size, self.z_dim))
+      out.append(np.asarray(self._apply(self.variables, z)))
+    return np.concatenate(out)[:num]
+
+
+def _field(tree: Any, name: str) -> Any:
+  return tree[name] if isinstance(tree, Mapping) else getattr(tree, name)
+
+
+def _class_histogram(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  return np.bincount(labels, minlength=num_classes).astype(np.float64) / len(labels)
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+  """KL(p || q) over bins where p > 0 (q > 0 there is assumed; q is floored at 1e-12)."""
+  mask = p > 0
+  return float(np.sum(p[mask] * (np.log(p[mask]) - np.log(np.maximum(q[mask], 1e-12)))))
+
+
+def classifier_metrics(
+    reference_logits: np.ndarray,
+    reference_features: np.ndarray,
+    logits: np.ndarray,
+    features: np.ndarray,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    pr_samples: int = 10_000,
+) -> dict[str, float]:
+  """FCD, KID, precision/recall, density/coverage, class coverage and confidence.
+
+  `classes` counts classes predicted for at least one generated sample;
+  `class_kl` is KL(generated class histogram || reference class histogram).
+  """
+  num_classes = logits.shape[1]
+  real_stats, fake_stats = metrics.FeatureStats(), metrics.FeatureStats()
+  real_stats.update(reference_features)
+  fake_stats.update(features)
+  kid, kid_std = metrics.kernel_distance(reference_features, features, kid_subsets, kid_subset_size)
+  predicted = np.argmax(logits, axis=1)
+  probs = np.exp(logits - np.logaddexp.reduce(logits, axis=1, keepdims=True))
+  real_hist = _class_histogram(np.argmax(reference_logits, axis=1), num_classes)
+  fake_hist = _class_histogram(predicted, num_classes)
+  out = {
+      "fcd": metrics.frechet_distance_from_stats(real_stats, fake_stats),
+      "kid": kid,
+      "kid_std": kid_std,
+      "classes": int(np.count_nonzero(fake_hist)),
+      "class_kl": _kl(fake_hist, real_hist),
+      "confidence": float(np.mean(np.max(probs, axis=1))),
+  }
+  real_pr, fake_pr = reference_features[:pr_samples], features[:pr_samples]
+  out |= metrics.precision_recall(real_pr, fake_pr, k=3)
+  out |= metrics.density_coverage(real_pr, fake_pr, k=5)
+  return out
+
+
+class ClassifierEvaluator:
+  """Metrics on the features of a classifier trained by the project (see `classifiers`)."""
+
+  def __init__(self, name: str, cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
+    self.name, self.cfg = name, cfg
+    dataset = cfg.get("dataset", None) or config.dataset
+    self.classifier = classifiers.load_or_train(dataset, cfg.arch, config.data_dir)
+    reference = data_lib.load(dataset, cfg.split, config.data_dir)
+    self.reference_logits, self.reference_features = self.classifier(reference.image)
+    info = self.classifier.info
+    self.protocol_base = {
+        "extractor": f"{info['dataset']}-{info['arch']} classifier, penultimate features",
+        "weights_sha256": info["weights_sha256"],
+        "extractor_test_accuracy": info["test_accuracy"],
+        "num_reference": int(len(reference.image)),
+        "reference_split": reference.source,
+        "held_out_reference": info["held_out_test"],
+        "kid": f"unbiased MMD^2, cubic kernel, {cfg.kid_subsets} subsets of {cfg.kid_subset_size}",
+        "precision_recall": "Kynkaanniemi et al. 2019, k=3; density/coverage k=5",
+        "pr_samples": cfg.pr_samples,
+        "seed": cfg.seed,
+    }
+
+  @property
+  def every(self) -> int:
+    return self.cfg.every
+
+  def run(self, generator: Generator) -> Result:
+    images = writers.to_uint8(generator.outputs(self.cfg.num_samples, self.cfg.seed))
+    logits, features = self.classifier(images)
+    values = classifier_metrics(
+        self.reference_logits,
+        self.reference_features,
+        logits,
+        features,
+        self.cfg.kid_subsets,
+        self.cfg.kid_subset_size,
+        self.cfg.pr_samples,
+    )
+    protocol = self.protocol_base | {
+        "num_generated": self.cfg.num_samples,
+        "generator": generator.kind,
+        "step": generator.step,
+    }
+    return Result(values, protocol)
+
+
+class Toy2DEvaluator:
+  """Modes captured, high-quality fraction and reverse KL on a 2D mixture (`gan.toy2d`)."""
+
+  def __init__(self, name: str, cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
+    self.name, self.cfg = name, cfg
+    self.mixture = toy2d.get(config.dataset)
+
+  @property
+  def every(self) -> int:
+    return self.cfg.every
+
+  def run(self, generator: Generator) -> Result:
+    points = generator.outputs(self.cfg.num_samples, self.cfg.seed)
+    protocol = {
+        "mixture": (
+            f"{self.mixture.name}: {self.mixture.num_modes} components, std "
+            f"{self.mixture.std} (VEEGAN geometry)"
+        ),
+        "high_quality": "within 3 std of the nearest mean",
+        "num_generated": self.cfg.num_samples,
+        "generator": generator.kind,
+        "step": generator.step,
+        "seed": self.cfg.seed,
+    }
+    return Result(toy2d.score(points, self.mixture), protocol)
+
+
+class StackedMnistEvaluator:
+  """Modes (of 1,000) and KL to the uniform mode distribution, by the MNIST classifier."""
+
+  def __init__(self, name: str, cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
+    self.name, self.cfg = name, cfg
+    self.classifier = classifiers.load_or_train("mnist", cfg.arch, config.data_dir)
+
+  @property
+  def every(self) -> int:
+    return self.cfg.every
+
+  def run(self, generator: Generator) -> Result:
+    images = writers.to_uint8(generator.outputs(self.cfg.num_samples, self.cfg.seed))
+    digits = []
+    for channel in range(images.shape[-1]):
+      logits, _ = self.classifier(images[..., channel : channel + 1])
+      digits.append(np.argmax(logits, axis=1))
+    modes = sum(d * 10**i for i, d in enumerate(digits))
+    num_modes = 10 ** images.shape[-1]
+    hist = _class_histogram(modes, num_modes)
+    info = self.classifier.info
+    protocol = {
+        "extractor": f"mnist-{info['arch']} classifier per channel",
+        "weights_sha256": info["weights_sha256"],
+        "extractor_test_accuracy": info["test_accuracy"],
+        "kl": "KL(generated mode histogram || uniform over 1,000 modes)",
+        "num_generated": self.cfg.num_samples,
+        "generator": generator.kind,
+        "step": generator.step,
+        "seed": self.cfg.seed,
+    }
+    values = {
+        "modes": int(np.count_nonzero(hist)),
+        "kl": _kl(hist, np.full(num_modes, 1 / num_modes)),
+    }
+    return Result(values, protocol)
+
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "classifier": dict(
+        every=1000,
+        num_samples=10_000,
+        arch="mnist_cnn",
+        split="test",
+        kid_subsets=100,
+        kid_subset_size=1000,
+        pr_samples=10_000,
+        seed=0,
+    ),
+    "toy2d": dict(every=1000, num_samples=2500, seed=0),
+    "stacked_mnist": dict(every=5000, num_samples=26_000, arch="mnist_cnn", seed=0),
+}
+EVALUATORS = {
+    "classifier": ClassifierEvaluator,
+    "toy2d": Toy2DEvaluator,
+    "stacked_mnist": StackedMnistEvaluator,
+}
+
+
+def settings(kind: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """An evaluator's config entry: its kind, the defaults for that kind, and overrides."""
+  if kind not in DEFAULTS:
+    raise ConfigError(f"unknown evaluator kind {kind!r}; choose one of {sorted(DEFAULTS)}")
+  unknown = set(overrides) - set(DEFAULTS[kind]) - {"dataset"}
+  if unknown:
+    raise ConfigError(f"unknown settings {sorted(unknown)} for evaluator kind {kind!r}")
+  return ml_collections.ConfigDict({"kind": kind, **DEFAULTS[kind], **overrides})
+
+
+def build(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The evaluators of `config.evals`, by name."""
+  evaluators = {}
+  for name, cfg in (config.get("evals") or {}).items():
+    kind = cfg.get("kind")
+    if kind not in EVALUATORS:
+      raise ConfigError(f"evals.{name}: unknown kind {kind!r}; choose one of {sorted(EVALUATORS)}")
+    evaluators[name] = EVALUATORS[kind](name, settings(**cfg.to_dict()), config)
+  return evaluators
+
+
+def default_evals(dataset: str) -> dict[str, ml_collections.ConfigDict]:
+  """Evaluators for runs whose config declares none (e.g. runs made before evals existed)."""
+  if dataset in toy2d.MIXTURES:
+    return {"toy2d": settings("toy2d")}
+  if dataset == "stacked_mnist":
+    return {"stacked_mnist": settings("stacked_mnist")}
+  if dataset == "mnist":
+    return {"mnist_cnn": settings("classifier", arch="mnist_cnn")}
+  if dataset == "cifar10":
+    return {"cifar_resnet20": settings("classifier", arch="cifar_resnet20")}
+  raise ConfigError(f"no default evaluators for dataset {dataset!r}; add config.evals")
+
+
+def run_all(evaluators: Mapping[str, Any], generator: Generator) -> dict[str, Result]:
+  return {name: evaluator.run(generator) for name, evaluator in evaluators.items()}
+
+
+def flatten(results: Mapping[str, Result]) -> dict[str, float]:
+  """`<eval name>/<metric>` scalars, for metrics.jsonl and checkpoint ranking."""
+  return {f"{name}/{k}": v for name, r in results.items() for k, v in r.metrics.items()}
+
+
+def as_json(results: Mapping[str, Result]) -> dict[str, Any]:
+  """{eval name: {metric: value, ..., "protocol": {...}}}, the layout of eval.json."""
+  return {name: {**r.metrics, "protocol": r.protocol} for name, r in results.items()}

@@ -1,0 +1,58 @@
+"""MLP generator and discriminator for low-dimensional data (the 2D mixtures).
+
+The discriminator optionally *packs* m samples into one decision (PacGAN, Lin
+et al. 2018): the batch (B, d) is reshaped to (B/m, m*d), so D judges m
+samples jointly, which penalises a generator that drops modes. m=1 is a
+plain discriminator.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+_ACTIVATIONS = {"relu": nn.relu, "lrelu": lambda x: nn.leaky_relu(x, 0.2), "elu": nn.elu}
+
+
+def _activation(name: str):
+  if name not in _ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}")
+  return _ACTIVATIONS[name]
+
+
+class MLPGenerator(nn.Module):
+  """z (B, z_dim) -> `depth` hidden layers of `width` -> points (B, out_dim), linear output."""
+
+  width: int = 256
+  depth: int = 3
+  out_dim: int = 2
+  activation: str = "relu"
+  axis_name: str | None = None  # unused: no batch statistics; kept for the registry interface
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool) -> jax.Array:
+    del train
+    act = _activation(self.activation)
+    x = z
+    for _ in range(self.depth):
+      x = act(nn.Dense(self.width)(x))
+    return nn.Dense(self.out_dim)(x)
+
+
+class MLPDiscriminator(nn.Module):
+  """Points (B, d) -> `depth` hidden layers of `width` -> logits (B / pack,)."""
+
+  width: int = 256
+  depth: int = 3
+  pack: int = 1
+  activation: str = "lrelu"
+  axis_name: str | None = None  # unused, as for the generator
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    del train
+    act = _activation(self.activation)
+    x = x.reshape(x.shape[0] // self.pack, -1)
+    for _ in range(self.depth):
+      x = act(nn.Dense(self.width)(x))
+    return nn.Dense(1)(x)[:, 0]

@@ -1,0 +1,115 @@
+"""Reading a run's workdir after (or during) training: its config, checkpoints and generator.
+
+The library behind `gan.evaluate` and `gan.sample`. A checkpoint is
+restored without rebuilding the training state (no dataset is loaded): only
+the generator's parameters, its EMA and batch statistics are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from gan import checkpoint, models, writers
+from gan.evaluation import evaluators
+from gan.utils import ConfigError
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"{workdir!r} is not a run directory: no config.json in it")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def checkpointer(workdir: str, config: ml_collections.ConfigDict) -> checkpoint.Checkpointer:
+  best = config.get("best_checkpoint") or {}
+  return checkpoint.Checkpointer(
+      workdir,
+      config.keep_checkpoints,
+      best_metric=best.get("metric"),
+      best_mode=best.get("mode", "min"),
+      keep_best=best.get("keep", 1),
+  )
+
+
+def resolve_step(ckpt: checkpoint.Checkpointer, which: str) -> int:
+  """ "latest", "best" or a step number -> a step that exists on disk."""
+  steps = ckpt.all_steps()
+  if not steps:
+    raise ConfigError(f"no checkpoint in {ckpt.directory}")
+  if which == "latest":
+    return ckpt.latest_step()
+  if which == "best":
+    step = ckpt.best_step()
+    if step is None:
+      raise ConfigError(
+          "no best checkpoint: the run tracks none (config.best_checkpoint.metric) or none was "
+          "evaluated yet; use --checkpoint=latest or a step"
+      )
+    return step
+  if not which.isdigit() or int(which) not in steps:
+    raise ConfigError(f"--checkpoint={which!r}: use 'latest', 'best' or one of the steps {steps}")
+  return int(which)
+
+
+def load_generator(
+    workdir: str, which: str = "latest", use_ema: bool = True
+) -> tuple[evaluators.Generator, ml_collections.ConfigDict]:
+  """The generator of checkpoint `which` in `workdir`, and the run's config."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  config = load_config(workdir)
+  ckpt = checkpointer(workdir, config)
+  step = resolve_step(ckpt, which)
+  state = ckpt.restore(None, step)
+  ckpt.close()
+  G, _ = models.build(config.model, axis_name=None)
+  return evaluators.Generator(G, state, config.model.z_dim, use_ema), config
+
+
+def write_eval_json(workdir: str, step: int, checkpoint_name: str, results) -> str:
+  """eval.json: {"step", "checkpoint", <eval name>: {<metric>: value, "protocol": {...}}}."""
+  path = os.path.join(workdir, "eval.json")
+  record = {"step": step, "checkpoint": checkpoint_name, **evaluators.as_json(results)}
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+  return path
+
+
+def evaluate(
+    workdir: str, which: str = "latest", raw: bool = False, num_samples: int | None = None
+) -> dict[str, Any]:
+  """Scores checkpoint `which` of the run in `workdir`; writes and returns eval.json.
+
+  Uses the evaluators of the run's config, or, if it declares none, the
+  default ones of its dataset (`evaluators.default_evals`).
+  """
+  generator, config = load_generator(workdir, which, use_ema=not raw)
+  evals = config.get("evals") or evaluators.default_evals(config.dataset)
+  evals = ml_collections.ConfigDict(evals if isinstance(evals, dict) else evals.to_dict())
+  if num_samples:
+    for cfg in evals.values():
+      cfg.num_samples = num_samples
+  with config.unlocked():
+    config.evals = evals
+  results = evaluators.run_all(evaluators.build(config), generator)
+  path = write_eval_json(os.path.abspath(workdir), generator.step, which, results)
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_samples(
+    workdir: str, num: int, out: str, which: str = "latest", raw: bool = False, seed: int = 0
+) -> dict[str, np.ndarray]:
+  """Writes `num` generator samples of checkpoint `which` to the .npz `out` (see gan.sample)."""
+  generator, _ = load_generator(workdir, which, use_ema=not raw)
+  outputs = generator.outputs(num, seed)
+  arrays = {"x": outputs.astype(np.float32) if outputs.ndim == 2 else writers.to_uint8(outputs)}
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  np.savez_compressed(out, **arrays, step=generator.step, generator=generator.kind)
+  return arrays

@@ -1,0 +1,135 @@
+"""Evaluation end to end: classifier metrics on real and collapsed data, evals in training,
+best-checkpoint retention, and the gan.evaluate / gan.sample entry points."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import toy2d as toy2d_experiment
+from gan import data, models, runs, train, writers
+from gan import state as state_lib
+from gan.checkpoint import Checkpointer
+from gan.evaluation import classifiers, evaluators
+
+
+@pytest.fixture(scope="module")
+def mnist_test():
+  return data.load("mnist", "test")
+
+
+@pytest.fixture(scope="module")
+def mnist_classifier(mnist_test):
+  """A quickly trained feature extractor: 2 epochs on the first 3,000 test images."""
+  part = data.Split(mnist_test.image[:3000], mnist_test.label[:3000], "test[:3000]")
+  return classifiers.train("mnist_cnn", part, part, "mnist", epochs=2, log=lambda s: None)
+
+
+def _scores(classifier, reference, generated):
+  ref_logits, ref_features = classifier(reference)
+  logits, features = classifier(generated)
+  return evaluators.classifier_metrics(
+      ref_logits, ref_features, logits, features, kid_subsets=10, kid_subset_size=500
+  )
+
+
+def test_real_data_scores_as_perfect_and_collapse_scores_worse(mnist_classifier, mnist_test):
+  images, labels = mnist_test.image, mnist_test.label
+  half = len(images) // 2
+  real = _scores(mnist_classifier, images[:half], images[half:])
+  # A generator collapsed onto 20 images of one digit.
+  ones = images[labels == 1][:20]
+  collapsed = _scores(mnist_classifier, images[:half], np.resize(ones, (half, 28, 28, 1)))
+  assert real["classes"] == 10 and collapsed["classes"] <= 2
+  assert real["class_kl"] < 0.01 and collapsed["class_kl"] > 1.5
+  assert collapsed["fcd"] > 20 * real["fcd"]
+  assert collapsed["kid"] > 20 * max(real["kid"], real["kid_std"])
+  assert real["precision"] > 0.6 and real["recall"] > 0.6
+  assert collapsed["recall"] < 0.1 and real["coverage"] > 5 * collapsed["coverage"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+  """A finished ring8 smoke run with evaluations every 20 steps and best-by-quality retention."""
+  workdir = str(tmp_path_factory.mktemp("ring8"))
+  config = toy2d_experiment.get_config("smoke")
+  config.num_steps = 60
+  config.keep_checkpoints = 1
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_evals_in_training_write_metrics_records_and_eval_json(toy_run):
+  records = [r for r in writers.read_metrics(toy_run) if "toy2d/modes" in r]
+  assert [r["step"] for r in records] == [20, 40, 60]
+  with open(os.path.join(toy_run, "evals.jsonl")) as f:
+    stamped = [json.loads(line) for line in f]
+  assert [r["toy2d"]["protocol"]["step"] for r in stamped] == [20, 40, 60]
+  with open(os.path.join(toy_run, "eval.json")) as f:
+    final = json.load(f)
+  assert final["step"] == 60
+  assert set(final["toy2d"]) >= {"modes", "high_quality_fraction", "reverse_kl", "protocol"}
+  assert final["toy2d"]["protocol"]["generator"] == "ema"
+  assert final["toy2d"]["protocol"]["num_generated"] == 500
+
+
+def test_latest_and_best_checkpoints_are_kept(toy_run):
+  hq = {
+      r["step"]: r["toy2d/high_quality_fraction"]
+      for r in writers.read_metrics(toy_run)
+      if "toy2d/modes" in r
+  }
+  best = max(hq, key=lambda s: (hq[s], -s))
+  ckpt = Checkpointer(toy_run, 1, "toy2d/high_quality_fraction", "max", 1)
+  assert ckpt.latest_step() == 60
+  assert set(ckpt.all_steps()) == {best, 60}
+  assert ckpt.best_step() == best
+
+
+def test_evaluate_scores_the_chosen_checkpoint(toy_run):
+  for which in ("latest", "best"):
+    record = runs.evaluate(toy_run, which)
+    assert record["checkpoint"] == which
+    assert record["toy2d"]["protocol"]["num_generated"] == 500
+  # Re-scoring the final checkpoint reproduces the number written at the end of training.
+  with open(os.path.join(toy_run, "evals.jsonl")) as f:
+    last = [json.loads(line) for line in f][-1]
+  again = runs.evaluate(toy_run, "60")
+  assert again["toy2d"]["high_quality_fraction"] == last["toy2d"]["high_quality_fraction"]
+
+
+def test_sample_writes_points_and_images(toy_run, tmp_path, smoke_config):
+  out = str(tmp_path / "points.npz")
+  x = runs.write_samples(toy_run, 300, out)["x"]
+  assert x.dtype == np.float32 and x.shape == (300, 2)
+  np.testing.assert_array_equal(runs.write_samples(toy_run, 300, out)["x"], x)  # seeded
+
+  # An image run: a freshly initialised DCGAN checkpoint (no training needed to sample).
+  image_run = str(tmp_path / "mnist")
+  G, D = models.build(smoke_config.model, axis_name=None)
+  state = state_lib.create(smoke_config, G, D, (28, 28, 1), 64)
+  ckpt = Checkpointer(image_run, 1)
+  ckpt.save(state, smoke_config)
+  ckpt.close()
+  with open(os.path.join(image_run, "config.json"), "w") as f:
+    json.dump(smoke_config.to_dict(), f)
+  arrays = runs.write_samples(image_run, 20, str(tmp_path / "images.npz"))
+  assert arrays["x"].dtype == np.uint8 and arrays["x"].shape == (20, 28, 28, 1)
+  generator, _ = runs.load_generator(image_run)
+  np.testing.assert_array_equal(arrays["x"], writers.to_uint8(generator.outputs(20, 0)))
+
+
+def test_cli_errors_are_one_line(tmp_path):
+  for module, args in (
+      ("gan.evaluate", ["--workdir", str(tmp_path)]),
+      ("gan.sample", ["--workdir", str(tmp_path), "--out", str(tmp_path / "x.npz")]),
+  ):
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "no config.json" in result.stderr
