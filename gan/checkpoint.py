@@ -121,11 +121,6 @@ class Checkpointer:
     )
     return restored["state"]
 
-  def restore_config(self, step: int) -> dict[str, Any]:
-    """The config saved with checkpoint `step`."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return restored["config"]
-
   def close(self) -> None:
     """Waits for pending (asynchronous) saves to finish, then releases the manager."""
     self._manager.close()

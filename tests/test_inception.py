@@ -7,14 +7,17 @@ pytorch-fid's. The numerical comparison with pytorch-fid itself is
 """
 
 import hashlib
+import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from gan.evaluation import convert_inception, inception
+from gan import data
+from gan.evaluation import convert_inception, evaluators, inception
 
 # pytorch-fid 0.3.0's FIDInceptionV3, built as `fid_inception_v3()` builds it (torchvision
 # 0.29): sum(p.numel() for p in model.parameters() if p.requires_grad), and the same sum over
@@ -232,3 +235,43 @@ def test_missing_weights_error_says_how_to_get_them(tmp_path, monkeypatch):
     inception.load_variables(missing)
   with pytest.raises(FileNotFoundError, match="convert_inception"):
     inception.weights_sha256(missing)
+
+
+def test_inception_evaluator_end_to_end(variables, images, tmp_path, monkeypatch):
+  """FID/KID/IS/PR wiring with random weights, scoring the reference images themselves."""
+  weights = str(tmp_path / "inception.npz")
+  convert_inception.save_npz(weights, variables)
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
+  reference = np.concatenate([images, images[::-1] // 2, 255 - images])  # 6 images
+  split = data.Split(reference, np.zeros(6, np.int32), "toy")
+  monkeypatch.setattr(data, "load", lambda *args, **kwargs: split)
+  cfg = evaluators.settings(
+      "inception",
+      num_samples=6,
+      num_reference=6,
+      kid_subset_size=4,
+      kid_subsets=2,
+      pr_samples=6,
+      is_splits=2,
+      batch_size=2,  # the batch shape the module's other tests compiled
+      weights=weights,
+  )
+  config = ml_collections.ConfigDict({"dataset": "cifar10", "data_dir": None})
+  evaluator = evaluators.InceptionEvaluator("fid", cfg, config)
+
+  class RealImages:  # a "generator" that returns the reference images as [-1, 1] floats
+    step, kind = 0, "ema"
+
+    def outputs(self, num, seed):
+      del seed
+      return reference[:num].astype(np.float32) / 127.5 - 1.0
+
+  result = evaluator.run(RealImages())
+  scale = float(np.trace(evaluator.reference["cov"]))
+  assert abs(result.metrics["fid"]) < 1e-4 * scale
+  assert result.metrics["precision"] == 1.0 and result.metrics["recall"] == 1.0
+  assert result.protocol["weights_sha256"] == inception.weights_sha256(weights)
+  assert result.protocol["num_reference"] == 6 and result.protocol["num_generated"] == 6
+  assert os.listdir(tmp_path / "cache" / "inception_refs") == [
+      f"cifar10-train-6-{inception.weights_sha256(weights)[:16]}.npz"
+  ]

@@ -17,6 +17,7 @@ so a number here can be reproduced from the .npz by anyone.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from gan import data as data_lib
 from gan import toy2d, writers
-from gan.evaluation import classifiers, metrics
+from gan.evaluation import classifiers, inception, metrics
 from gan.utils import ConfigError
 
 
@@ -159,6 +160,102 @@ class ClassifierEvaluator:
     return Result(values, protocol)
 
 
+def _batched(fn, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+  """Applies `fn` (fixed batch size: one compilation) to all images, padding the last batch."""
+  out: dict[str, list[np.ndarray]] = {}
+  for start in range(0, len(images), batch_size):
+    chunk = images[start : start + batch_size]
+    pad = batch_size - len(chunk)
+    padded = np.pad(chunk, ((0, pad),) + ((0, 0),) * (chunk.ndim - 1)) if pad else chunk
+    for k, v in fn(padded).items():
+      out.setdefault(k, []).append(np.asarray(v)[: len(chunk)])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+class InceptionEvaluator:
+  """FID, KID, Inception Score and precision/recall on FID-InceptionV3 features.
+
+  The reference statistics (mean and covariance of pool3 over `num_reference`
+  images of the reference split, plus the first `pr_samples` feature rows) are
+  computed once and cached under `<cache>/inception_refs/`, keyed by dataset,
+  split, count and the weights' SHA-256. IS uses the logits without the fc
+  bias, as the original Inception Score code did.
+  """
+
+  def __init__(self, name: str, cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
+    self.name, self.cfg = name, cfg
+    variables = inception.load_variables(cfg.weights)
+    self.sha256 = inception.weights_sha256(cfg.weights)
+    self.feature_fn = inception.make_feature_fn(variables)
+    self.dataset = cfg.get("dataset", None) or config.dataset
+    self.reference = self._reference(config.data_dir)
+
+  @property
+  def every(self) -> int:
+    return self.cfg.every
+
+  def _reference(self, data_dir: str | None) -> dict[str, Any]:
+    cfg = self.cfg
+    key = f"{self.dataset}-{cfg.split}-{cfg.num_reference}-{self.sha256[:16]}.npz"
+    path = os.path.join(classifiers.cache_root(), "inception_refs", key)
+    if os.path.exists(path):
+      with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files} | {"source": str(f["source"])}
+    split = data_lib.load(self.dataset, cfg.split, data_dir)
+    images = split.image[: cfg.num_reference]
+    stats = metrics.FeatureStats(keep=cfg.pr_samples)
+    for start in range(0, len(images), 10 * cfg.batch_size):
+      chunk = images[start : start + 10 * cfg.batch_size]
+      stats.update(_batched(self.feature_fn, chunk, cfg.batch_size)["pool3"])
+    reference = {
+        "mean": stats.mean,
+        "cov": stats.cov,
+        "features": stats.features,
+        "count": np.int64(stats.count),
+        "source": split.source,
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path, **reference)
+    return reference
+
+  def run(self, generator: Generator) -> Result:
+    cfg = self.cfg
+    stats = metrics.FeatureStats(keep=max(cfg.pr_samples, cfg.kid_subset_size))
+    logits = []
+    for start in range(0, cfg.num_samples, 10 * cfg.batch_size):
+      num = min(10 * cfg.batch_size, cfg.num_samples - start)
+      images = writers.to_uint8(generator.outputs(num, cfg.seed + start))
+      out = _batched(self.feature_fn, images, cfg.batch_size)
+      stats.update(out["pool3"])
+      logits.append(out["logits_unbiased"])
+    ref = self.reference
+    fid = metrics.frechet_distance(ref["mean"], ref["cov"], stats.mean, stats.cov)
+    kid, kid_std = metrics.kernel_distance(
+        ref["features"], stats.features, cfg.kid_subsets, cfg.kid_subset_size
+    )
+    is_mean, is_std = metrics.inception_score(np.concatenate(logits), cfg.is_splits)
+    values = {"fid": fid, "kid": kid, "kid_std": kid_std, "is": is_mean, "is_std": is_std}
+    values |= metrics.precision_recall(ref["features"], stats.features[: cfg.pr_samples], k=3)
+    protocol = {
+        "extractor": "FID InceptionV3 (pytorch-fid port of the 2015-12-05 TF graph), pool3",
+        "weights_sha256": self.sha256,
+        "resize": "bilinear to 299x299 (jax.image.resize, no antialias), uint8 inputs",
+        "num_generated": cfg.num_samples,
+        "num_reference": int(ref["count"]),
+        "reference_split": ref["source"],
+        "kid": (
+            f"unbiased MMD^2, cubic kernel, {cfg.kid_subsets} subsets of {cfg.kid_subset_size}"
+            f" from the first {len(ref['features'])} reference features"
+        ),
+        "is": f"{cfg.is_splits} splits, softmax of pool3 @ fc weights (no bias)",
+        "precision_recall": f"Kynkaanniemi et al. 2019, k=3, {cfg.pr_samples} samples",
+        "generator": generator.kind,
+        "step": generator.step,
+        "seed": cfg.seed,
+    }
+    return Result(values, protocol)
+
+
 class Toy2DEvaluator:
   """Modes captured, high-quality fraction and reverse KL on a 2D mixture (`gan.toy2d`)."""
 
@@ -235,11 +332,25 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         pr_samples=10_000,
         seed=0,
     ),
+    "inception": dict(
+        every=10_000,
+        num_samples=50_000,
+        split="train",
+        num_reference=50_000,
+        kid_subsets=100,
+        kid_subset_size=1000,
+        pr_samples=10_000,
+        is_splits=10,
+        batch_size=100,
+        weights="",  # "": $JAXGAN_INCEPTION_WEIGHTS or the default path
+        seed=0,
+    ),
     "toy2d": dict(every=1000, num_samples=2500, seed=0),
     "stacked_mnist": dict(every=5000, num_samples=26_000, arch="mnist_cnn", seed=0),
 }
 EVALUATORS = {
     "classifier": ClassifierEvaluator,
+    "inception": InceptionEvaluator,
     "toy2d": Toy2DEvaluator,
     "stacked_mnist": StackedMnistEvaluator,
 }

@@ -274,6 +274,12 @@ def preprocess(images: Any, quantize: bool = True) -> jax.Array:
   return 2.0 * x - 1.0
 
 
+@jax.jit
+def _features(variables: Variables, images: jax.Array) -> dict[str, jax.Array]:
+  # One jitted function for the module, so every feature fn shares its compilations.
+  return FIDInceptionV3().apply(variables, preprocess(images))
+
+
 def make_feature_fn(variables: Variables) -> FeatureFn:
   """Returns jitted `fn(images) -> {"pool3", "logits", "logits_unbiased"}`.
 
@@ -281,13 +287,7 @@ def make_feature_fn(variables: Variables) -> FeatureFn:
   dtype, so callers should feed batches of one fixed size. The variables are passed to the
   compiled function as arguments, not baked into it as ~95 MB of constants.
   """
-  model = FIDInceptionV3()
-
-  @jax.jit
-  def features(variables: Variables, images: jax.Array) -> dict[str, jax.Array]:
-    return model.apply(variables, preprocess(images))
-
-  return functools.partial(features, jax.device_put(variables))
+  return functools.partial(_features, jax.device_put(variables))
 
 
 @functools.cache

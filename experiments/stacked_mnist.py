@@ -1,0 +1,42 @@
+"""Stacked MNIST: 1,000 modes from three stacked digits (Metz et al. 2017; PacGAN protocol).
+
+  python -m gan.main --config experiments/stacked_mnist.py --workdir runs/stacked_mnist
+
+The MNIST DCGAN of `experiments/mnist.py` with a 3-channel generator; each
+training image stacks three random MNIST training digits as its R, G and B
+channels (`gan.data`, "stacked_mnist"). The evaluator classifies each channel
+of 26,000 EMA samples with the project's MNIST classifier (trained and cached
+on first use) and reports `modes` (distinct digit triples, of 1,000) and `kl`
+(KL of the generated triple histogram to the uniform one). PacGAN reports
+1,000 modes and KL 0.06-0.07 for PacGAN2-4, and 99 modes / KL 3.4 for its
+DCGAN baseline.
+
+Results: see the README's results table (with the command and wall time).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments import mnist
+from gan.evaluation import evaluators
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  """`variant="smoke"`: a few steps with a tiny model and a small evaluation, for tests."""
+  config = mnist.get_config("smoke" if variant == "smoke" else "")
+  config.dataset = "stacked_mnist"
+  config.model.g.channels = 3
+  config.num_steps = 10_000
+  config.evals = ml_collections.ConfigDict()
+  config.evals.stacked_mnist = evaluators.settings("stacked_mnist", every=2500)
+  config.best_checkpoint = ml_collections.ConfigDict(
+      {"metric": "stacked_mnist/kl", "mode": "min", "keep": 1}
+  )
+  if variant == "smoke":
+    config.num_steps = 20
+    config.evals.stacked_mnist.every = 10
+    config.evals.stacked_mnist.num_samples = 1000
+  elif variant:
+    raise ValueError(f"unknown variant {variant!r}; use '' or 'smoke'")
+  return config
