@@ -1,7 +1,9 @@
 """Command line: `python -m gan.evaluate --workdir W [--checkpoint best|latest|STEP]`.
 
 Scores a checkpoint of a run with the evaluators of its config (or, for runs
-whose config declares none, the default evaluators of its dataset) and writes
+whose config declares none, the default evaluators of its dataset; with
+--inception also FID, KID, IS and precision/recall on FID-Inception features)
+and writes
 `W/eval.json`: {"step", "checkpoint", <eval name>: {<metric>: value,
 "protocol": {...}}}. Errors are one line on stderr with exit status 2.
 """
@@ -24,6 +26,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
 _RAW = flags.DEFINE_bool("raw", False, "Score the raw generator instead of its EMA.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Override every evaluator's sample count.")
+_INCEPTION = flags.DEFINE_bool(
+    "inception", False, "Also compute FID/KID/IS/PR with the FID InceptionV3 (needs its weights)."
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -34,8 +39,13 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   try:
     from gan import runs  # noqa: PLC0415  (after flags, so --help stays fast)
+    from gan.evaluation import inception  # noqa: PLC0415
 
-    record = runs.evaluate(_WORKDIR.value, _CHECKPOINT.value, _RAW.value, _NUM_SAMPLES.value)
+    record = runs.evaluate(
+        _WORKDIR.value, _CHECKPOINT.value, _RAW.value, _NUM_SAMPLES.value, _INCEPTION.value
+    )
+  except inception.InceptionWeightsNotFoundError as e:
+    utils.fail(str(e), whole=True)
   except (utils.ConfigError, data.DatasetNotFoundError, FileNotFoundError) as e:
     utils.fail(str(e))
   print(json.dumps(record, indent=2))

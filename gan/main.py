@@ -50,10 +50,13 @@ def main(argv: list[str]) -> None:
   except OSError as e:
     utils.fail(str(e))
   from gan import train  # noqa: PLC0415  (after flags, so --help stays fast)
+  from gan.evaluation import inception  # noqa: PLC0415
 
   logging.info("Config:\n%s", config)
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
+  except inception.InceptionWeightsNotFoundError as e:
+    utils.fail(str(e), whole=True)
   except (utils.ConfigError, data.DatasetNotFoundError) as e:
     utils.fail(str(e))
 

@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from gan import checkpoint, models, writers
+from gan import checkpoint, models, toy2d, writers
 from gan.evaluation import evaluators
 from gan.utils import ConfigError
 
@@ -82,16 +82,25 @@ def write_eval_json(workdir: str, step: int, checkpoint_name: str, results) -> s
 
 
 def evaluate(
-    workdir: str, which: str = "latest", raw: bool = False, num_samples: int | None = None
+    workdir: str,
+    which: str = "latest",
+    raw: bool = False,
+    num_samples: int | None = None,
+    with_inception: bool = False,
 ) -> dict[str, Any]:
   """Scores checkpoint `which` of the run in `workdir`; writes and returns eval.json.
 
   Uses the evaluators of the run's config, or, if it declares none, the
-  default ones of its dataset (`evaluators.default_evals`).
+  default ones of its dataset (`evaluators.default_evals`); `with_inception`
+  adds an "inception" evaluator (FID etc.) with its default settings.
   """
   generator, config = load_generator(workdir, which, use_ema=not raw)
   evals = config.get("evals") or evaluators.default_evals(config.dataset)
   evals = ml_collections.ConfigDict(evals if isinstance(evals, dict) else evals.to_dict())
+  if with_inception and config.dataset in toy2d.MIXTURES:
+    raise ConfigError("--inception scores images; this run generates 2D points")
+  if with_inception and not any(e.kind == "inception" for e in evals.values()):
+    evals.inception = evaluators.settings("inception")
   if num_samples:
     for cfg in evals.values():
       cfg.num_samples = num_samples

@@ -12,11 +12,15 @@ class ConfigError(ValueError):
   """A bad setting or input that the command line reports in one line."""
 
 
-def fail(message: str) -> NoReturn:
-  """Reports bad input the way command-line tools do: one line on stderr, exit status 2."""
+def fail(message: str, whole: bool = False) -> NoReturn:
+  """Reports bad input the way command-line tools do: on stderr, exit status 2.
+
+  One line (the first and last of a long message), unless `whole`: messages
+  that are instructions (which file to fetch and where) are printed entire.
+  """
   lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
   summary = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
-  print(f"error: {summary}", file=sys.stderr)
+  print(f"error: {str(message).strip() if whole else summary}", file=sys.stderr)
   sys.exit(2)
 
 

@@ -121,6 +121,21 @@ def test_sample_writes_points_and_images(toy_run, tmp_path, smoke_config):
   generator, _ = runs.load_generator(image_run)
   np.testing.assert_array_equal(arrays["x"], writers.to_uint8(generator.outputs(20, 0)))
 
+  # FID without the Inception weights: the whole how-to-get-them message, exit status 2.
+  missing = str(tmp_path / "nowhere" / "inception.npz")
+  result = subprocess.run(
+      [sys.executable, "-m", "gan.evaluate", "--workdir", image_run, "--inception"],
+      capture_output=True,
+      text=True,
+      check=False,
+      env={**os.environ, "JAXGAN_INCEPTION_WEIGHTS": missing},
+  )
+  assert result.returncode == 2
+  assert "pt_inception-2015-12-05-6726825d.pth" in result.stderr
+  assert f"gan.evaluation.convert_inception pt_inception-2015-12-05-6726825d.pth {missing}" in (
+      result.stderr
+  )
+
 
 def test_cli_errors_are_one_line(tmp_path):
   for module, args in (
