@@ -32,9 +32,9 @@ def get_config(variant: str = "ring8") -> ml_collections.ConfigDict:
   config.model.generator = "mlp"
   config.model.discriminator = "mlp"
   config.model.z_dim = 16
-  config.model.g = ml_collections.ConfigDict({"width": 256, "depth": 3, "activation": "relu"})
+  config.model.g = ml_collections.ConfigDict({"width": 128, "depth": 3, "activation": "relu"})
   config.model.d = ml_collections.ConfigDict(
-      {"width": 256, "depth": 3, "activation": "lrelu", "pack": 1}
+      {"width": 128, "depth": 3, "activation": "lrelu", "pack": 1}
   )
 
   config.loss = "non_saturating"
@@ -50,11 +50,11 @@ def get_config(variant: str = "ring8") -> ml_collections.ConfigDict:
   )
   config.ema_decay = 0.999
 
-  config.batch_size = 512
-  config.num_steps = 10_000
+  config.batch_size = 256
+  config.num_steps = 50_000 if variant == "grid25" else 35_000
 
-  config.log_every = 500
-  config.sample_every = 2000
+  config.log_every = 1000
+  config.sample_every = 5000
   config.checkpoint_every = 5000
   config.keep_checkpoints = 1
   config.num_samples = 2500  # points in the scatter plots
