@@ -18,6 +18,13 @@ blobs at step 500 (~2.5 min), mostly recognisable digits by step 1,500
 malformed strokes. D's loss stays between 1.21 and 1.49 (median 1.32;
 2 ln 2 = 1.39 is the equilibrium) and its accuracies on real and fake batches
 between 0.22 and 0.92 (medians 0.63 and 0.61): neither player wins.
+
+Scored by `python -m gan.evaluate --workdir runs/mnist` (step 5,000, EMA
+generator, 10,000 samples against the 10,000-image test split, features of
+the project's MNIST classifier, 99.42% test accuracy): FCD 38.9, KID 51 +- 10,
+precision 0.54, recall 0.85, density 0.36, coverage 0.46, 10/10 classes with
+class-histogram KL 0.013, mean confidence 0.88. For scale, 10,000 real
+training images score FCD 0.68, precision 0.87, recall 0.89, coverage 0.95.
 """
 
 from __future__ import annotations

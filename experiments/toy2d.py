@@ -43,10 +43,10 @@ def get_config(variant: str = "ring8") -> ml_collections.ConfigDict:
   config.n_critic = 1
   config.optim = ml_collections.ConfigDict()
   config.optim.g = ml_collections.ConfigDict(
-      {"lr": 1e-3, "b1": 0.5, "b2": 0.999, "decay": "linear"}
+      {"lr": 2e-3, "b1": 0.5, "b2": 0.999, "decay": "linear"}
   )
   config.optim.d = ml_collections.ConfigDict(
-      {"lr": 1e-3, "b1": 0.5, "b2": 0.999, "decay": "linear"}
+      {"lr": 2e-3, "b1": 0.5, "b2": 0.999, "decay": "linear"}
   )
   config.ema_decay = 0.999
 
