@@ -45,6 +45,8 @@ class Checkpointer:
       best_mode: str = "min",
       keep_best: int = 1,
   ):
+    if keep < 1:
+      raise ValueError(f"keep_checkpoints must be >= 1 (the latest is always kept), not {keep}")
     self.best_metric = best_metric
     policies = [checkpoint_managers.LatestN(n=keep)]
     best_fn = None
@@ -52,8 +54,13 @@ class Checkpointer:
       if best_mode not in ("min", "max"):
         raise ValueError(f"best_mode must be 'min' or 'max', not {best_mode!r}")
       worst = float("inf") if best_mode == "min" else float("-inf")
+
       # Checkpoints saved between evaluations carry empty metrics and rank last.
-      best_fn = lambda metrics: metrics.get(best_metric, worst)  # noqa: E731
+      # A NaN score ranks last too (it would break the sort).
+      def best_fn(metrics):
+        value = metrics.get(best_metric, worst)
+        return worst if value != value else value
+
       policies.append(
           checkpoint_managers.BestN(
               get_metric_fn=best_fn,

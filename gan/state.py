@@ -82,7 +82,9 @@ def create(
   g_key, d_key = jax.random.split(jax.random.fold_in(rng, 0x1417))
   z = jnp.zeros((1, config.model.z_dim), jnp.float32)
   g_vars = G.init(g_key, z, train=False)
-  d_vars = D.init(d_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  # A packing discriminator (PacGAN) needs at least `pack` examples to judge.
+  pack = config.model.d.get("pack", 1)
+  d_vars = D.init(d_key, jnp.zeros((pack, *image_shape), jnp.float32), train=False)
   g = TrainState.create(
       apply_fn=G.apply,
       params=g_vars["params"],

@@ -54,15 +54,23 @@ class Run:
     self.workdir = check_workdir(workdir)
     self.config = config
     self.devices = jax.local_devices()
-    check_batch(config.batch_size, len(self.devices))
+    local_batch = check_batch(config.batch_size, len(self.devices))
+    pack = config.model.d.get("pack", 1)
+    if local_batch % pack:
+      raise ConfigError(f"the per-device batch {local_batch} is not divisible by pack={pack}")
     # Names in the config are checked before the (slow) data loading.
     step_config = step_lib.StepConfig.from_config(config)
     self.G, self.D = models.build(config.model, axis_name=step_lib.AXIS)
     split = data_lib.load(config.dataset, config.train_split, config.data_dir)
     logging.info("Data: %d examples from %s", split.num_examples, split.source)
-    if config.dataset not in toy2d.MIXTURES and split.num_examples < config.batch_size:
+    per_example = data_lib.STACKED.get(config.dataset, (None, 1))[1]
+    if (
+        config.dataset not in toy2d.MIXTURES
+        and split.num_examples < per_example * config.batch_size
+    ):
       raise ConfigError(
-          f"batch_size {config.batch_size} exceeds the {split.num_examples} training examples"
+          f"batch_size {config.batch_size} needs {per_example * config.batch_size} training "
+          f"images per batch; the split has {split.num_examples}"
       )
     self.state = state_lib.create(
         config, self.G, self.D, data_lib.example_shape(config.dataset, split), split.num_examples
@@ -155,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
       if is_last:
         runs.write_eval_json(run.workdir, step, "final", results)
-      last_time = time.perf_counter()  # evaluation time is not training throughput
+      last_time, last_step = time.perf_counter(), step  # evaluation is not training throughput
     if every(step, config.checkpoint_every) or is_last or eval_metrics:
       run.checkpointer.save(jax.device_get(unreplicate(p_state)), config, eval_metrics)
   bar.close()

@@ -29,7 +29,7 @@ def test_cache_round_trip_and_reuse(tmp_path, monkeypatch):
   variables = module.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28, 1)))
   info = {"dataset": "mnist", "arch": "mnist_cnn", "test_accuracy": 0.5, "held_out_test": True}
   classifier = classifiers.Classifier(module, variables, info)
-  directory = tmp_path / "classifiers" / "mnist-mnist_cnn"
+  directory = tmp_path / "classifiers" / f"mnist-mnist_cnn-{classifiers.recipe_id('mnist_cnn')}"
   classifiers.save(classifier, str(directory))
   assert len(classifier.info["weights_sha256"]) == 64
 
@@ -39,8 +39,15 @@ def test_cache_round_trip_and_reuse(tmp_path, monkeypatch):
   monkeypatch.setattr(classifiers, "train_on", no_training)
   loaded = classifiers.load_or_train("mnist", "mnist_cnn")
   assert loaded.info == classifier.info
+  assert classifiers.recipe_id("mnist_cnn") != classifiers.recipe_id("cifar_resnet20")
   images = np.random.default_rng(0).integers(0, 256, (7, 28, 28, 1), dtype=np.uint8)
   for a, b in zip(classifier(images, batch_size=4), loaded(images, batch_size=4), strict=True):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(AssertionError, match="must not be retrained"):
     classifiers.load_or_train("mnist", "cifar_resnet20")
+  # Corrupted weights no longer match their hash: retrained, not used.
+  with open(directory / "variables.msgpack", "r+b") as f:
+    f.seek(100)
+    f.write(b"\xff\xff\xff\xff")
+  with pytest.raises(AssertionError, match="must not be retrained"):
+    classifiers.load_or_train("mnist", "mnist_cnn")

