@@ -71,7 +71,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.num_samples = 64  # fixed-noise grid, 8 x 8
 
   # FCD, KID, precision/recall, class coverage on the features of the project's
-  # MNIST classifier (trained once, ~10 min on 2 CPU cores, then cached).
+  # MNIST classifier (trained once, 20 min on one shared CPU core here, then cached).
   config.evals = ml_collections.ConfigDict()
   config.evals.mnist_cnn = evaluators.settings("classifier", arch="mnist_cnn", every=1000)
   # Keep the best checkpoint by FCD besides the latest ones.

@@ -62,7 +62,7 @@ def get_config(variant: str = "ring8") -> ml_collections.ConfigDict:
   config.ema_decay = 0.999
 
   config.batch_size = 256
-  config.num_steps = 50_000 if variant == "grid25" else 35_000
+  config.num_steps = 50_000
 
   config.log_every = 1000
   config.sample_every = 5000
