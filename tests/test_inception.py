@@ -274,5 +274,5 @@ def test_inception_evaluator_end_to_end(variables, images, tmp_path, monkeypatch
   assert result.protocol["weights_sha256"] == inception.weights_sha256(weights)
   assert result.protocol["num_reference"] == 6 and result.protocol["num_generated"] == 6
   assert os.listdir(tmp_path / "cache" / "inception_refs") == [
-      f"cifar10-train-6-6-{where}-{inception.weights_sha256(weights)[:16]}.npz"
+      f"cifar10-test-6-6-{where}-{inception.weights_sha256(weights)[:16]}.npz"
   ]
