@@ -10,9 +10,9 @@ the EMA generator and writes `eval.json` with `modes`, `high_quality_fraction`
 `reverse_kl`. Samples are scatter plots in `samples/`.
 
 Results (5 seeds each; the README's results table has every number):
-ring8 8/8 modes on every seed, high-quality fraction mean 0.977 (35,000
-steps, 2.5-5.5 min on one core); grid25 25/25 modes on every seed,
-high-quality fraction mean 0.971 (50,000 steps, 3.5-4.5 min).
+ring8 8/8 modes on every seed, high-quality fraction mean 0.981 (every seed
+>= 0.973); grid25 25/25 modes on every seed, mean 0.971 (every seed >=
+0.968); 50,000 steps, 3.4-4.3 min per run on one core.
 
 How the recipe was found (exploration on one core, grid25 seed 0 at 20,000
 steps unless noted): the learning rate mattered most (1e-4: 7 modes, hq
