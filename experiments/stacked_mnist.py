@@ -11,7 +11,11 @@ on first use) and reports `modes` (distinct digit triples, of 1,000) and `kl`
 1,000 modes and KL 0.06-0.07 for PacGAN2-4, and 99 modes / KL 3.4 for its
 DCGAN baseline.
 
-Results: see the README's results table (with the command and wall time).
+Measured (2-core CPU VM shared with other jobs, jax 0.10.2): 10,000 steps in
+1 h 47 min; 1,000/1,000 modes, KL 0.123 at step 10,000 (957 / 0.74 at 2,500,
+996 / 0.29 at 5,000, 1,000 / 0.17 at 7,500): every mode, but the histogram is
+not yet as even as PacGAN's (KL target 0.1; a perfect sampler scores ~0.02
+with 26,000 samples).
 """
 
 from __future__ import annotations
