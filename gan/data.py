@@ -160,6 +160,14 @@ def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> ja
 BatchFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
+def _device_share(global_batch: int, axis_name: str | None) -> tuple[int, jax.Array | int]:
+  """This device's number of examples and the index of its first one in the global batch."""
+  if axis_name is None:
+    return global_batch, 0
+  local_batch = global_batch // lax.axis_size(axis_name)
+  return local_batch, lax.axis_index(axis_name) * local_batch
+
+
 def next_batch(
     data: dict[str, jax.Array],
     perm: jax.Array,
@@ -183,11 +191,8 @@ def next_batch(
   steps_per_epoch = num_examples // (stack * global_batch)
   epoch, position = jnp.divmod(batch_number, steps_per_epoch)
   perm = lax.cond(position == 0, lambda: epoch_permutation(key, epoch, num_examples), lambda: perm)
-  num_devices = 1 if axis_name is None else lax.axis_size(axis_name)
-  local_batch = global_batch // num_devices
-  start = position * global_batch
-  if axis_name is not None:
-    start = start + lax.axis_index(axis_name) * local_batch
+  local_batch, first = _device_share(global_batch, axis_name)
+  start = position * global_batch + first
   index = lax.dynamic_slice_in_dim(perm, start * stack, local_batch * stack)
   image = data["image"][index].astype(jnp.float32) * (2.0 / 255.0) - 1.0
   label = data["label"][index]
@@ -208,9 +213,7 @@ def mixture_batch(
     axis_name: str | None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Fresh mixture points; example i of global batch b is a function of (key, b, i) only."""
-  num_devices = 1 if axis_name is None else lax.axis_size(axis_name)
-  local_batch = global_batch // num_devices
-  first = 0 if axis_name is None else lax.axis_index(axis_name) * local_batch
+  local_batch, first = _device_share(global_batch, axis_name)
   ids = first + jnp.arange(local_batch)
   batch_key = jax.random.fold_in(key, batch_number)
 
