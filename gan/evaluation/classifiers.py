@@ -130,15 +130,21 @@ class Classifier:
 
   def __call__(self, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """Logits and penultimate features for uint8 images (N, H, W, C), in batches."""
-    logits, features = [], []
-    for start in range(0, len(images), batch_size):
-      chunk = np.asarray(images[start : start + batch_size])
-      pad = batch_size - len(chunk)
-      padded = np.pad(chunk, ((0, pad), (0, 0), (0, 0), (0, 0))) if pad else chunk
-      lg, ft = self._apply(padded)
-      logits.append(np.asarray(lg)[: len(chunk)])
-      features.append(np.asarray(ft)[: len(chunk)])
-    return np.concatenate(logits), np.concatenate(features)
+    apply = lambda x: dict(zip(("logits", "features"), self._apply(x), strict=True))  # noqa: E731
+    out = batched(apply, np.asarray(images), batch_size)
+    return out["logits"], out["features"]
+
+
+def batched(fn, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+  """Applies `fn` (fixed batch size: one compilation) to all images, padding the last batch."""
+  out: dict[str, list[np.ndarray]] = {}
+  for start in range(0, len(images), batch_size):
+    chunk = images[start : start + batch_size]
+    pad = batch_size - len(chunk)
+    padded = np.pad(chunk, ((0, pad),) + ((0, 0),) * (chunk.ndim - 1)) if pad else chunk
+    for k, v in fn(padded).items():
+      out.setdefault(k, []).append(np.asarray(v)[: len(chunk)])
+  return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def to_float(images: jax.Array) -> jax.Array:

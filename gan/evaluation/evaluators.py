@@ -168,18 +168,6 @@ class ClassifierEvaluator:
     return Result(values, protocol)
 
 
-def _batched(fn, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-  """Applies `fn` (fixed batch size: one compilation) to all images, padding the last batch."""
-  out: dict[str, list[np.ndarray]] = {}
-  for start in range(0, len(images), batch_size):
-    chunk = images[start : start + batch_size]
-    pad = batch_size - len(chunk)
-    padded = np.pad(chunk, ((0, pad),) + ((0, 0),) * (chunk.ndim - 1)) if pad else chunk
-    for k, v in fn(padded).items():
-      out.setdefault(k, []).append(np.asarray(v)[: len(chunk)])
-  return {k: np.concatenate(v) for k, v in out.items()}
-
-
 class InceptionEvaluator:
   """FID, KID, Inception Score and precision/recall on FID-InceptionV3 features.
 
@@ -219,7 +207,7 @@ class InceptionEvaluator:
     stats = metrics.FeatureStats(keep=cfg.pr_samples)
     for start in range(0, len(images), 10 * cfg.batch_size):
       chunk = images[start : start + 10 * cfg.batch_size]
-      stats.update(_batched(self.feature_fn, chunk, cfg.batch_size)["pool3"])
+      stats.update(classifiers.batched(self.feature_fn, chunk, cfg.batch_size)["pool3"])
     reference = {
         "mean": stats.mean,
         "cov": stats.cov,
@@ -238,7 +226,7 @@ class InceptionEvaluator:
     for start in range(0, cfg.num_samples, 10 * cfg.batch_size):
       num = min(10 * cfg.batch_size, cfg.num_samples - start)
       images = writers.to_uint8(generator.outputs(num, cfg.seed + start))
-      out = _batched(self.feature_fn, images, cfg.batch_size)
+      out = classifiers.batched(self.feature_fn, images, cfg.batch_size)
       stats.update(out["pool3"])
       logits.append(out["logits_unbiased"])
     ref = self.reference
