@@ -5,6 +5,10 @@ overridden with `--config.key=value`; the config is locked, so a mistyped key
 is an error. Bad input (unknown key, wrong type, missing config file, batch not
 divisible by the device count, unwritable workdir, missing dataset) is
 reported in one line on stderr with exit status 2, not a traceback.
+
+Multi-process: the same command in every process, plus `--coordinator
+HOST:PORT --num_processes N --process_id I` (or a cluster launcher's
+environment, e.g. SLURM's srun); `python -m gan.launch` starts N local ones.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ platform.configure_xla()  # before JAX initialises its backend
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from gan import data, utils  # noqa: E402
+from gan import data, distributed, utils  # noqa: E402
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,6 +31,20 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-process runs (see gan/distributed.py and the README's "Multi-host training").
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "host:port of process 0's coordination service (multi-process runs)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "auto: multi-process when the flags above or a cluster launcher's environment (SLURM srun, "
+    "Open MPI, JAX_COORDINATOR_ADDRESS) say so; on: always (e.g. Cloud TPU pod slices); "
+    "off: never.",
+)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -35,7 +53,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     utils.fail(str(e))
   except (AttributeError, KeyError) as e:  # ml_collections' unknown key in --config.x=...
-    utils.fail(f"unknown config key {str(e).strip(chr(34))} (the config is locked; check the name)")
+    # The key, quoted, maybe followed by a line 'Did you mean "x" instead of "y"?'.
+    detail = e  # e.g. AttributeError(KeyError("'num_stpes'\nDid you mean ...?"))
+    while isinstance(detail, BaseException) and detail.args:
+      detail = detail.args[0]
+    lines = str(detail).splitlines() or [""]
+    hint = f"; {lines[1].strip()}" if len(lines) > 1 else ""
+    key = lines[0].strip("'\"")
+    utils.fail(f"unknown config key '{key}' (the config is locked; check the name{hint})")
   return []
 
 
@@ -48,6 +73,12 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     config.get("seed")  # a config file that failed to load raises here
   except OSError as e:
+    utils.fail(str(e))
+  try:
+    distributed.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value
+    )
+  except ValueError as e:
     utils.fail(str(e))
   from gan import train  # noqa: PLC0415  (after flags, so --help stays fast)
   from gan.evaluation import inception  # noqa: PLC0415
