@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from gan import data as data_lib
-from gan import models, runs, toy2d, writers
+from gan import distributed, models, runs, toy2d, writers
 from gan import state as state_lib
 from gan import step as step_lib
 from gan.evaluation import evaluators as evaluators_lib
@@ -43,8 +43,19 @@ def replicate(tree, devices):
 
 
 def unreplicate(tree):
-  """The first device's copy of a replicated pytree."""
-  return jax.tree.map(lambda x: x[0], tree)
+  """The first local device's copy of a replicated pytree.
+
+  Reads that device's buffer directly: indexing (`x[0]`) would be a computation
+  over the whole array, which in a multi-process run spans other processes'
+  devices and so needs every process to join it.
+  """
+
+  def first(x):
+    if isinstance(x, jax.Array):
+      return x.addressable_data(0)[0]
+    return x[0]
+
+  return jax.tree.map(first, tree)
 
 
 class Run:
@@ -53,8 +64,11 @@ class Run:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.workdir = check_workdir(workdir)
     self.config = config
+    # With several processes the step spans every process's devices; each
+    # process holds copies on (and feeds) only its local ones.
     self.devices = jax.local_devices()
-    local_batch = check_batch(config.batch_size, len(self.devices))
+    self.primary = distributed.is_primary()
+    local_batch = check_batch(config.batch_size, jax.device_count())
     pack = config.model.d.get("pack", 1)
     if local_batch % pack:
       raise ConfigError(f"the per-device batch {local_batch} is not divisible by pack={pack}")
@@ -77,9 +91,12 @@ class Run:
     )
     self.evaluators = evaluators_lib.build(config)
     self.checkpointer = runs.checkpointer(self.workdir, config)
-    if self.checkpointer.latest_step() is not None:
-      self.state = self.checkpointer.restore(self.state)
-      print(f"Resuming from step {int(self.state.step)} in {self.workdir}", flush=True)
+    # Every process resumes from the step process 0 sees (-1: none), so they cannot drift apart.
+    latest = self.checkpointer.latest_step()
+    resume = distributed.broadcast_from_primary(-1 if latest is None else latest)
+    if resume >= 0:
+      self.state = self.checkpointer.restore(self.state, step=resume)
+      print(f"{_prefix()}Resuming from step {int(self.state.step)} in {self.workdir}", flush=True)
     self.data = replicate(split.arrays(), self.devices)
     self.train_step = step_lib.pmap_step(step_lib.make_train_step(step_config, self.G, self.D))
     self.sample = step_lib.make_sample_fn(self.G)
@@ -98,9 +115,18 @@ class Run:
     """Runs the named evaluators on the EMA generator; appends records to evals.jsonl."""
     generator = evaluators_lib.Generator(self.G, state, self.config.model.z_dim)
     results = {name: self.evaluators[name].run(generator) for name in names}
+    if not self.primary:  # every process evaluates (same numbers); process 0 writes
+      return results
     with open(os.path.join(self.workdir, "evals.jsonl"), "a") as f:
       f.write(json.dumps({"step": generator.step, **evaluators_lib.as_json(results)}) + "\n")
     return results
+
+
+def _prefix() -> str:
+  """ "process i/n: " in multi-process runs, so interleaved output says whose it is."""
+  if jax.process_count() == 1:
+    return ""
+  return f"process {jax.process_index()}/{jax.process_count()}: "
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -114,12 +140,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   Returns the final state (one copy, on the first device).
   """
   run = Run(config, workdir)
-  _write_config(config, run.workdir)
+  if run.primary:
+    _write_config(config, run.workdir)
   start = int(run.state.step)
   if start >= config.num_steps:
     logging.info("Already trained %d >= num_steps=%d steps", start, config.num_steps)
     return run.state
-  writer = writers.MetricWriter(run.workdir)
+  writer = writers.MetricWriter(run.workdir) if run.primary else writers.NullWriter()
   p_state = replicate(run.state, run.devices)
   del run.state  # donated to the step from here on
   bar = tqdm(
@@ -130,6 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       dynamic_ncols=True,
       # Redrawn in place on a terminal; in a log file, one line every 30 s.
       mininterval=0.5 if sys.stderr.isatty() else 30.0,
+      disable=not run.primary,
   )
   last_time, last_step = time.perf_counter(), start
   p_metrics = None
@@ -151,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       writer.write(step, metrics)
       bar.set_postfix({k: f"{float(metrics[k]):.3f}" for k in ("d/loss", "g/loss")})
       logging.info("step %d: %s", step, {k: round(float(v), 4) for k, v in metrics.items()})
-    if every(step, config.sample_every) or is_last:
+    if run.primary and (every(step, config.sample_every) or is_last):
       run.save_samples(unreplicate(p_state))
     due = [n for n, e in run.evaluators.items() if every(step, e.every) or is_last]
     eval_metrics = None
@@ -160,13 +188,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       results = run.evaluate(state, due)
       eval_metrics = evaluators_lib.flatten(results)
       writer.write(step, eval_metrics)
-      bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
-      if is_last:
+      if run.primary:
+        bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+      if is_last and run.primary:
         runs.write_eval_json(run.workdir, step, "final", results)
       last_time, last_step = time.perf_counter(), step  # evaluation is not training throughput
     if every(step, config.checkpoint_every) or is_last or eval_metrics:
-      run.checkpointer.save(jax.device_get(unreplicate(p_state)), config, eval_metrics)
+      state = jax.device_get(unreplicate(p_state))
+      if jax.process_count() > 1:  # all processes save together; check they hold one state
+        distributed.assert_same_everywhere(state, f"the training state at step {step}")
+      run.checkpointer.save(state, config, eval_metrics)
   bar.close()
   writer.close()
   run.checkpointer.close()
-  return jax.block_until_ready(unreplicate(p_state))
+  state = jax.block_until_ready(unreplicate(p_state))
+  if jax.process_count() > 1:
+    digest = distributed.fingerprint((state.g.params, state.d.params))
+    print(f"{_prefix()}finished at step {int(state.step)}, parameters {digest[:16]}", flush=True)
+  return state

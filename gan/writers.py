@@ -95,6 +95,16 @@ class MetricWriter:
     self._tb.close()
 
 
+class NullWriter:
+  """A MetricWriter that writes nothing (processes other than process 0)."""
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    del step, scalars
+
+  def close(self) -> None:
+    pass
+
+
 def read_metrics(workdir: str) -> list[dict[str, float]]:
   """All records of metrics.jsonl, in the order written."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
