@@ -2,6 +2,7 @@
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh
@@ -114,9 +115,42 @@ def test_metrics_are_flat_namespaced_finite_scalars(smoke_config):
       "g/loss",
       "g/grad_norm",
       "g/fake_logit",
+      "d/update_ratio",
+      "g/update_ratio",
+      "health/diversity",
+      "health/finite",
   }
   assert set(metrics) == expected
   for name, value in metrics.items():
     assert np.shape(value) == (), name
     assert np.isfinite(value), name
   assert 0.0 <= metrics["d/real_acc"] <= 1.0 and 0.0 <= metrics["d/fake_acc"] <= 1.0
+
+
+def test_nonfinite_step_is_dropped_not_written(smoke_config):
+  """A NaN loss leaves parameters and optimizer state as they were; only the step advances."""
+  smoke_config.optim.d.lr = float("nan")  # every D update would be NaN
+  G, D, data, state = _setup(smoke_config)
+  devices = jax.devices()[:2]
+  step = step_lib.pmap_step(
+      step_lib.make_train_step(step_lib.StepConfig.from_config(smoke_config), G, D), devices
+  )
+  before = jax.device_get(state)
+  p_state, metrics = step(replicate(state, devices), replicate(data, devices))
+  after = jax.device_get(unreplicate(p_state))
+  metrics = jax.device_get(unreplicate(metrics))
+  assert metrics["health/finite"] == 0.0
+  assert int(after.step) == int(before.step) + 1
+  _assert_trees_close(after.d.params, before.d.params, rtol=0, atol=0)
+  _assert_trees_close(after.g.opt_state, before.g.opt_state, rtol=0, atol=0)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(after.d.params))
+
+
+def test_diversity_ratio_sees_collapse():
+  key = jax.random.PRNGKey(0)
+  real = jax.random.normal(key, (32, 16))
+  ratio = jax.vmap(step_lib.diversity_ratio, axis_name=step_lib.AXIS)
+  spread = np.asarray(ratio(real[None], jax.random.normal(jax.random.fold_in(key, 1), (1, 32, 16))))
+  collapsed = np.asarray(ratio(real[None], jnp.tile(real[:1], (32, 1))[None] + 1e-3))
+  assert 0.8 < spread[0] < 1.25
+  assert collapsed[0] < 0.01

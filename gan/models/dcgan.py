@@ -102,4 +102,5 @@ class Discriminator28(nn.Module):
     x = dropout()(_lrelu(chunked(conv(self.width), x)), deterministic=not train)
     x = dropout()(_lrelu(chunked(conv(2 * self.width), x)), deterministic=not train)
     x = x.reshape(x.shape[0], -1)
+    self.sow("intermediates", "features", x)  # for the health monitor's diversity signal
     return nn.Dense(1, kernel_init=_KERNEL_INIT)(x)[:, 0]

@@ -55,4 +55,5 @@ class MLPDiscriminator(nn.Module):
     x = x.reshape(x.shape[0] // self.pack, -1)
     for _ in range(self.depth):
       x = act(nn.Dense(self.width)(x))
+    self.sow("intermediates", "features", x)  # for the health monitor's diversity signal
     return nn.Dense(1)(x)[:, 0]
