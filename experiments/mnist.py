@@ -32,11 +32,19 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from gan import health
 from gan.evaluation import evaluators
+
+BROKEN = ("broken_d_lr", "broken_collapse", "broken_diverge")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  """Returns the experiment config; `variant="smoke"` is the few-second version."""
+  """Returns the experiment config.
+
+  `variant` is a comma-separated list: "smoke" (the few-second version) and/or
+  one of BROKEN (runs broken on purpose for the health monitor), e.g.
+  "smoke,broken_collapse".
+  """
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -79,7 +87,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       {"metric": "mnist_cnn/fcd", "mode": "min", "keep": 1}
   )
 
-  if variant == "smoke":
+  # Training health (gan.health): thresholds, windows (in log records) and actions.
+  config.health = health.defaults()
+  # "When to stop": stop once FCD has not improved for 3 evaluations (the best is kept).
+  config.health.plateau.patience = 3
+
+  parts = [p for p in variant.split(",") if p]
+  for part in parts:
+    if part not in ("smoke", *BROKEN):
+      raise ValueError(f"unknown variant {part!r}; use '', 'smoke', one of {BROKEN}, or a mix")
+  if "smoke" in parts:
     config.model.g.width = 8
     config.model.d.width = 8
     config.batch_size = 16
@@ -90,6 +107,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.num_samples = 16
     config.evals = ml_collections.ConfigDict()
     config.best_checkpoint.metric = ""
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r}; use '' or 'smoke'")
+  # Broken on purpose, to show that the health monitor names the failure.
+  if "broken_d_lr" in parts:  # D's learning rate far too high: D wins, G's gradients vanish
+    config.optim.d.lr = 2e-2
+  if "broken_collapse" in parts:  # G ignores z: every sample is the same image
+    config.model.g.z_scale = 0.0
+  if "broken_diverge" in parts:  # learning rates that blow the run up
+    config.optim.g.lr = config.optim.d.lr = 10.0
   return config

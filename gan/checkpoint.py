@@ -128,6 +128,13 @@ class Checkpointer:
     )
     return restored["state"]
 
+  def delete_after(self, step: int) -> None:
+    """Deletes the checkpoints of steps after `step` (a rollback abandons them)."""
+    self._manager.wait_until_finished()
+    for s in self.all_steps():
+      if s > step:
+        self._manager.delete(s)
+
   def close(self) -> None:
     """Waits for pending (asynchronous) saves to finish, then releases the manager."""
     self._manager.close()

@@ -56,13 +56,39 @@ class GANState:
 def make_optimizer(
     optim: ml_collections.ConfigDict, num_steps: int
 ) -> optax.GradientTransformation:
-  """Adam for one player. `optim.decay="linear"` decays the rate to 0 over `num_steps`."""
+  """Adam for one player. `optim.decay="linear"` decays the rate to 0 over `num_steps`.
+
+  The updates are then multiplied by a scale held in the optimizer state (1 at
+  the start), so the health monitor's remedy can lower a learning rate in a
+  running or restored state without recompiling (`scale_learning_rates`).
+  """
   learning_rate: float | optax.Schedule = optim.lr
   if optim.get("decay", "none") == "linear":
     learning_rate = optax.linear_schedule(optim.lr, 0.0, num_steps)
   elif optim.get("decay", "none") != "none":
     raise ConfigError(f"unknown learning-rate decay {optim.decay!r}; use 'none' or 'linear'")
-  return optax.adam(learning_rate, b1=optim.b1, b2=optim.b2)
+  return optax.chain(
+      optax.adam(learning_rate, b1=optim.b1, b2=optim.b2),
+      optax.inject_hyperparams(optax.scale)(step_size=1.0),
+  )
+
+
+def learning_rate_scales(state: GANState) -> dict[str, float]:
+  """The current multipliers of both players' learning rates (1.0 unless a remedy lowered them)."""
+  return {name: float(getattr(state, name).opt_state[1].hyperparams["step_size"]) for name in "gd"}
+
+
+def with_learning_rate_scale(state: GANState, scale: float) -> GANState:
+  """Sets both players' learning-rate multipliers to `scale` (an unreplicated state)."""
+
+  def scaled(player: TrainState) -> TrainState:
+    adam, scale_state = player.opt_state
+    hyperparams = dict(scale_state.hyperparams)
+    old = jnp.asarray(hyperparams["step_size"])
+    hyperparams["step_size"] = jnp.asarray(scale, old.dtype)
+    return player.replace(opt_state=(adam, scale_state._replace(hyperparams=hyperparams)))
+
+  return state.replace(g=scaled(state.g), d=scaled(state.d))
 
 
 def data_key(rng: jax.Array) -> jax.Array:

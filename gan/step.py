@@ -83,28 +83,6 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
   return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
-def mean_pairwise_distance(features: jax.Array) -> jax.Array:
-  """Mean Euclidean distance between the rows of `features` (B, K), over pairs i != j."""
-  f = features.reshape(features.shape[0], -1).astype(jnp.float32)
-  sq = jnp.sum(f * f, axis=1)
-  d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * f @ f.T, 0.0)
-  n = f.shape[0]
-  off_diagonal = 1.0 - jnp.eye(n, dtype=f.dtype)
-  return jnp.sum(jnp.sqrt(d2 + 1e-12) * off_diagonal) / jnp.maximum(n * (n - 1), 1)
-
-
-def diversity_ratio(real_features: jax.Array, fake_features: jax.Array) -> jax.Array:
-  """Spread of generated vs real samples in D's feature space (~1 healthy, -> 0 collapse).
-
-  Over the global batch (features gathered from all devices), so the number
-  does not depend on how the batch is split.
-  """
-  real_features, fake_features = lax.stop_gradient((real_features, fake_features))
-  real_features = lax.all_gather(real_features, AXIS, tiled=True)
-  fake_features = lax.all_gather(fake_features, AXIS, tiled=True)
-  return mean_pairwise_distance(fake_features) / (mean_pairwise_distance(real_features) + 1e-12)
-
-
 def update_ratio(new: Any, old: Any) -> jax.Array:
   """||new - old|| / ||old|| over a parameter tree: the relative size of an update."""
   delta = jax.tree.map(lambda n, o: n - o, new, old)
@@ -143,15 +121,10 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     fake, mutated = G.apply(g.variables(params), z, train=True, mutable=["batch_stats"])
     return fake, mutated.get("batch_stats", {})
 
-  def discriminate(d: TrainState, params: Any, x: jax.Array, key: jax.Array):
-    """Logits and D's penultimate features (None for a D that does not sow them)."""
-    logits, mutated = D.apply(
-        d.variables(params), x, train=True, rngs={"dropout": key}, mutable=["intermediates"]
-    )
-    features = mutated.get("intermediates", {}).get("features", (None,))[0]
-    return logits, features
+  def discriminate(d: TrainState, params: Any, x: jax.Array, key: jax.Array) -> jax.Array:
+    return D.apply(d.variables(params), x, train=True, rngs={"dropout": key})
 
-  def d_update(g: TrainState, d: TrainState, real: jax.Array, key: jax.Array, last: bool):
+  def d_update(g: TrainState, d: TrainState, real: jax.Array, key: jax.Array):
     z_key, real_key, fake_key = jax.random.split(key, 3)
     fake, batch_stats = generate(g, g.params, sample_z(z_key, real.shape[0], cfg.z_dim))
     fake = lax.stop_gradient(fake)
@@ -160,26 +133,22 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
       aux = {}
       if cfg.r1_gamma:
         # R1 (Mescheder et al. 2018): gamma/2 E ||grad_x D(x)||^2 on real data.
-        real_logits, d_real_vjp, real_features = jax.vjp(
-            lambda x: discriminate(d, params, x, real_key), real, has_aux=True
-        )
+        real_logits, d_real_vjp = jax.vjp(lambda x: discriminate(d, params, x, real_key), real)
         (input_grad,) = d_real_vjp(jnp.ones_like(real_logits))
         aux["r1"] = jnp.mean(jnp.sum(input_grad.reshape(real.shape[0], -1) ** 2, axis=1))
       else:
-        real_logits, real_features = discriminate(d, params, real, real_key)
-      fake_logits, fake_features = discriminate(d, params, fake, fake_key)
+        real_logits = discriminate(d, params, real, real_key)
+      fake_logits = discriminate(d, params, fake, fake_key)
       loss = cfg.loss.d(real_logits, fake_logits, cfg.label_smoothing)
       if cfg.r1_gamma:
         loss = loss + 0.5 * cfg.r1_gamma * aux["r1"]
-      return loss, (real_logits, fake_logits, aux, (real_features, fake_features))
+      return loss, (real_logits, fake_logits, aux)
 
-    (loss, (real_logits, fake_logits, aux, features)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True
-    )(d.params)
+    (loss, (real_logits, fake_logits, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        d.params
+    )
     grads = lax.pmean(grads, AXIS)
     metrics = _d_metrics(loss, real_logits, fake_logits, grads) | aux
-    if last and features[0] is not None:  # measured once per step, on the last critic batch
-      metrics["diversity"] = diversity_ratio(*features)
     return d.apply_gradients(grads=grads), g.replace(batch_stats=batch_stats), metrics
 
   def g_update(g: TrainState, d: TrainState, local_batch: int, key: jax.Array):
@@ -188,7 +157,7 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
 
     def loss_fn(params):
       fake, batch_stats = generate(g, params, z)
-      fake_logits, _ = discriminate(d, d.params, fake, dropout_key)
+      fake_logits = discriminate(d, d.params, fake, dropout_key)
       return cfg.loss.g(fake_logits), (batch_stats, fake_logits)
 
     (loss, (batch_stats, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g.params)
@@ -211,21 +180,16 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     g, d, perm = state.g, state.d, state.data_perm
     for i in range(cfg.n_critic):
       perm, batch = cfg.batch_fn(data, perm, data_key(state.rng), d.step, cfg.global_batch, AXIS)
-      d, g, d_metrics = d_update(
-          g, d, batch["image"], jax.random.fold_in(d_keys_root, i), last=i == cfg.n_critic - 1
-      )
+      d, g, d_metrics = d_update(g, d, batch["image"], jax.random.fold_in(d_keys_root, i))
     g, g_metrics = g_update(g, d, local_batch, g_key)
 
     decay = ema_decay_at(state.step, cfg.ema_decay)
     g_ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.g_ema, g.params)
     new_state = state.replace(step=state.step + 1, g=g, d=d, g_ema=g_ema, data_perm=perm)
-    diversity = d_metrics.pop("diversity", None)
     metrics = {f"d/{k}": v for k, v in d_metrics.items()}
     metrics |= {f"g/{k}": v for k, v in g_metrics.items()}
     metrics["d/update_ratio"] = update_ratio(d.params, state.d.params)
     metrics["g/update_ratio"] = update_ratio(g.params, state.g.params)
-    if diversity is not None:
-      metrics["health/diversity"] = diversity
     metrics = lax.pmean(metrics, AXIS)  # identical on every device from here on
     finite = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in _FINITE_KEYS]))
     metrics["health/finite"] = finite.astype(jnp.float32)

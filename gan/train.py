@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from gan import data as data_lib
-from gan import distributed, models, runs, toy2d, writers
+from gan import distributed, health, models, runs, toy2d, writers
 from gan import state as state_lib
 from gan import step as step_lib
 from gan.evaluation import evaluators as evaluators_lib
@@ -86,9 +86,9 @@ class Run:
           f"batch_size {config.batch_size} needs {per_example * config.batch_size} training "
           f"images per batch; the split has {split.num_examples}"
       )
-    self.state = state_lib.create(
-        config, self.G, self.D, data_lib.example_shape(config.dataset, split), split.num_examples
-    )
+    self.example_shape = data_lib.example_shape(config.dataset, split)
+    self.num_examples = split.num_examples
+    self.state = self.initial_state()
     self.evaluators = evaluators_lib.build(config)
     self.checkpointer = runs.checkpointer(self.workdir, config)
     # Every process resumes from the step process 0 sees (-1: none), so they cannot drift apart.
@@ -98,11 +98,28 @@ class Run:
       self.state = self.checkpointer.restore(self.state, step=resume)
       print(f"{_prefix()}Resuming from step {int(self.state.step)} in {self.workdir}", flush=True)
     self.data = replicate(split.arrays(), self.devices)
+    # The health monitor's probe: a fixed real batch and fixed latents, scored at log steps.
+    probe = min(64, config.batch_size)
+    _, batch = data_lib.batch_fn(config.dataset)(
+        jax.tree.map(jax.numpy.asarray, split.arrays()),
+        jax.numpy.arange(split.num_examples),
+        jax.random.PRNGKey(config.seed + 2),
+        0,
+        probe,
+        None,
+    )
+    self.probe_real = batch["image"]
+    z_shape = (probe, config.model.z_dim)
+    self.probe_z = jax.random.normal(jax.random.PRNGKey(config.seed + 3), z_shape)
+    self.diversity = health.make_diversity_fn(self.G, self.D)
     self.train_step = step_lib.pmap_step(step_lib.make_train_step(step_config, self.G, self.D))
     self.sample = step_lib.make_sample_fn(self.G)
     self.fixed_z = jax.random.normal(
         jax.random.PRNGKey(config.seed + 1), (config.num_samples, config.model.z_dim)
     )
+
+  def initial_state(self) -> state_lib.GANState:
+    return state_lib.create(self.config, self.G, self.D, self.example_shape, self.num_examples)
 
   def save_samples(self, state: state_lib.GANState) -> str:
     outputs = np.asarray(self.sample(state.g, state.g_ema, self.fixed_z))
@@ -137,6 +154,10 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
   """Trains until `config.num_steps` generator updates; resumes from `workdir` if possible.
 
+  The health monitor (`gan.health`, settings in `config.health`) watches every
+  log step and evaluation; its events go to `events.jsonl` and may roll the run
+  back to an earlier checkpoint with lower learning rates, or stop it.
+
   Returns the final state (one copy, on the first device).
   """
   run = Run(config, workdir)
@@ -147,6 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     logging.info("Already trained %d >= num_steps=%d steps", start, config.num_steps)
     return run.state
   writer = writers.MetricWriter(run.workdir) if run.primary else writers.NullWriter()
+  monitor = _HealthMonitor(run, writer)
   p_state = replicate(run.state, run.devices)
   del run.state  # donated to the step from here on
   bar = tqdm(
@@ -159,9 +181,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       mininterval=0.5 if sys.stderr.isatty() else 30.0,
       disable=not run.primary,
   )
+  monitor.bar = bar
   last_time, last_step = time.perf_counter(), start
-  p_metrics = None
-  for step in range(start + 1, config.num_steps + 1):
+  p_metrics, step, results, results_step = None, start, None, start
+  while step < config.num_steps:
+    step += 1
     # At most two steps in flight: wait for step t-1 before queueing t+1. An
     # unbounded queue of pmapped steps deadlocked XLA:CPU with 2 simulated
     # devices on 2 cores (an all-reduce rendezvous timed out in step 1).
@@ -170,34 +194,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     jax.block_until_ready(previous)
     bar.update(1)
     is_last = step == config.num_steps
+    events: list[health.Event] = []
     if every(step, config.log_every) or is_last:
       metrics = jax.device_get(unreplicate(p_metrics))
       now = time.perf_counter()
       metrics["perf/steps_per_s"] = (step - last_step) / (now - last_time)
       metrics["perf/images_per_s"] = metrics["perf/steps_per_s"] * config.batch_size
+      if monitor.enabled:
+        g, d = unreplicate(p_state.g), unreplicate(p_state.d)
+        metrics["health/diversity"] = float(run.diversity(g, d, run.probe_real, run.probe_z))
+        metrics["health/d_sigma_max"] = max(health.top_singular_values(d.params).values())
       last_time, last_step = now, step
       writer.write(step, metrics)
       bar.set_postfix({k: f"{float(metrics[k]):.3f}" for k in ("d/loss", "g/loss")})
       logging.info("step %d: %s", step, {k: round(float(v), 4) for k, v in metrics.items()})
+      events += monitor.observe(step, metrics)
     if run.primary and (every(step, config.sample_every) or is_last):
       run.save_samples(unreplicate(p_state))
     due = [n for n, e in run.evaluators.items() if every(step, e.every) or is_last]
     eval_metrics = None
     if due:
       state = jax.device_get(unreplicate(p_state))
-      results = run.evaluate(state, due)
+      results, results_step = run.evaluate(state, due), step
       eval_metrics = evaluators_lib.flatten(results)
       writer.write(step, eval_metrics)
       if run.primary:
         bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
-      if is_last and run.primary:
-        runs.write_eval_json(run.workdir, step, "final", results)
       last_time, last_step = time.perf_counter(), step  # evaluation is not training throughput
-    if every(step, config.checkpoint_every) or is_last or eval_metrics:
+      events += monitor.observe_eval(step, eval_metrics)
+    action = monitor.handle(events)
+    stopping = action in ("early_stop", "stop")
+    if every(step, config.checkpoint_every) or is_last or eval_metrics or stopping:
       state = jax.device_get(unreplicate(p_state))
       if jax.process_count() > 1:  # all processes save together; check they hold one state
         distributed.assert_same_everywhere(state, f"the training state at step {step}")
       run.checkpointer.save(state, config, eval_metrics)
+      monitor.save()
+    if (is_last or stopping) and results is not None and run.primary:
+      runs.write_eval_json(run.workdir, results_step, "final", results)
+    if stopping:
+      bar.write(f"step {step}: stopping ({action}); best checkpoint: {monitor.best_note()}")
+      break
+    if action == "rollback":
+      p_state = replicate(monitor.rollback(events), run.devices)
+      step = int(jax.device_get(unreplicate(p_state.step)))
+      bar.reset(total=config.num_steps)
+      bar.update(step)
+      last_time, last_step = time.perf_counter(), step
+      p_metrics = None
   bar.close()
   writer.close()
   run.checkpointer.close()
@@ -206,3 +250,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     digest = distributed.fingerprint((state.g.params, state.d.params))
     print(f"{_prefix()}finished at step {int(state.step)}, parameters {digest[:16]}", flush=True)
   return state
+
+
+class _HealthMonitor:
+  """The loop's side of `gan.health`: feeds the Monitor, records events, carries out actions."""
+
+  def __init__(self, run: Run, writer):
+    self.run, self.writer, self.bar = run, writer, None
+    config = run.config
+    settings = config.get("health") or {}
+    self.enabled = bool(settings.get("enabled", True))
+    best = config.get("best_checkpoint") or {}
+    self.monitor = health.Monitor(settings, best.get("metric"), best.get("mode", "min"))
+    self.path = os.path.join(run.workdir, "health.json")
+    if os.path.exists(self.path) and run.checkpointer.latest_step() is not None:
+      with open(self.path) as f:
+        self.monitor.load_state_dict(json.load(f))
+
+  def observe(self, step: int, metrics: dict[str, float]) -> list[health.Event]:
+    return self.monitor.observe(step, metrics) if self.enabled else []
+
+  def observe_eval(self, step: int, metrics: dict[str, float]) -> list[health.Event]:
+    return self.monitor.observe_eval(step, metrics) if self.enabled else []
+
+  def handle(self, events: list[health.Event]) -> str:
+    """Records `events`; returns the strongest action among them ("log" if none)."""
+    order = {name: i for i, name in enumerate(health.ACTIONS)}  # log < rollback < stops
+    action = "log"
+    for event in events:
+      message = f"health: step {event.step}: {event.message} -> {event.action}"
+      logging.warning("%s", message)
+      if self.run.primary:
+        health.write_event(self.run.workdir, event)
+        (self.bar.write if self.bar is not None else print)(message)
+      if order[event.action] > order[action]:
+        action = event.action
+    return action
+
+  def rollback(self, events: list[health.Event]) -> state_lib.GANState:
+    """The state to go on from: the last checkpoint before the trouble, learning rates lowered."""
+    since = min(e.since for e in events if e.action == "rollback")
+    steps = [s for s in self.run.checkpointer.all_steps() if s < since]
+    self.monitor.lr_scale *= self.monitor.config.remedy_lr_factor
+    state = self.run.initial_state()  # nothing saved before the trouble: start over
+    if steps:
+      state = self.run.checkpointer.restore(state, step=max(steps))
+    self.run.checkpointer.delete_after(int(state.step))
+    self.monitor.reset_windows()
+    state = state_lib.with_learning_rate_scale(state, self.monitor.lr_scale)
+    message = (
+        f"health: rolled back to step {int(state.step)}; learning rates x{self.monitor.lr_scale:g}"
+    )
+    logging.warning("%s", message)
+    if self.run.primary and self.bar is not None:
+      self.bar.write(message)
+    self.save()
+    return state
+
+  def save(self) -> None:
+    if self.run.primary and self.enabled:
+      with open(self.path, "w") as f:
+        json.dump(self.monitor.state_dict(), f)
+
+  def best_note(self) -> str:
+    step = self.run.checkpointer.best_step()
+    if step is None:
+      return f"latest (step {self.run.checkpointer.latest_step()}); no metric tracked"
+    return f"step {step} by {self.monitor.metric}"

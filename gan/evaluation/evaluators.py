@@ -91,7 +91,8 @@ def classifier_metrics(
 ) -> dict[str, float]:
   """FCD, KID, precision/recall, density/coverage, class coverage and confidence.
 
-  `classes` counts classes predicted for at least one generated sample;
+  `classes` counts classes predicted for at least one generated sample
+  (`real_classes`: the same for the reference images);
   `class_kl` is KL(generated class histogram || reference class histogram).
   """
   num_classes = logits.shape[1]
@@ -108,6 +109,7 @@ def classifier_metrics(
       "kid": kid,
       "kid_std": kid_std,
       "classes": int(np.count_nonzero(fake_hist)),
+      "real_classes": int(np.count_nonzero(real_hist)),  # the same count for the reference
       "class_kl": _kl(fake_hist, real_hist),
       "confidence": float(np.mean(np.max(probs, axis=1))),
   }

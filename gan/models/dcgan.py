@@ -43,12 +43,15 @@ class Generator28(nn.Module):
       so a batch split over devices normalises exactly like the whole batch.
     conv_chunk: the convolutions run on slices of at most this many examples
       (0: the whole batch); a CPU speed knob that changes no result.
+    z_scale: multiplies z on the way in; 0 gives a generator that ignores its
+      latent and so cannot express diversity (the health monitor's broken case).
   """
 
   width: int = 64
   channels: int = 1
   axis_name: str | None = None
   conv_chunk: int = 64
+  z_scale: float = 1.0
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool) -> jax.Array:
@@ -66,6 +69,7 @@ class Generator28(nn.Module):
         use_bias=False,
         kernel_init=_KERNEL_INIT,
     )
+    z = z * self.z_scale
     x = nn.Dense(7 * 7 * 4 * self.width, use_bias=False, kernel_init=_KERNEL_INIT)(z)
     x = _lrelu(norm()(x))
     x = x.reshape(z.shape[0], 7, 7, 4 * self.width)

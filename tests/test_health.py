@@ -1,0 +1,170 @@
+"""The health monitor: each detector on synthetic metric streams, and on runs broken on purpose."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import mnist
+from gan import health, models, train
+from gan import state as state_lib
+
+
+def _healthy(step, **overrides):
+  m = {
+      "d/loss": 1.3,
+      "g/loss": 0.8,
+      "d/real_acc": 0.6,
+      "d/fake_acc": 0.6,
+      "d/fake_prob": 0.4,
+      "g/grad_norm": 1.0,
+      "d/update_ratio": 1e-3,
+      "g/update_ratio": 1e-3,
+      "health/finite": 1.0,
+      "health/diversity": 0.8,
+  }
+  return m | overrides
+
+
+def _feed(monitor, records, start=300, every=10):
+  events = []
+  for i, record in enumerate(records):
+    events += monitor.observe(start + i * every, record)
+  return events
+
+
+def _monitor(**overrides):
+  return health.Monitor(overrides, metric="m/fcd", mode="min")
+
+
+def test_healthy_stream_fires_nothing():
+  assert _feed(_monitor(), [_healthy(0) for _ in range(50)]) == []
+
+
+def test_discriminator_wins_needs_the_whole_window_and_fires_once():
+  monitor = _monitor()
+  records = [_healthy(0) for _ in range(5)]  # the G-gradient reference
+  won = _healthy(0, **{"d/real_acc": 1.0, "d/fake_acc": 0.99, "g/grad_norm": 0.01})
+  records += [won] * 4 + [_healthy(0)] + [won] * 12
+  events = _feed(monitor, records)
+  assert [e.detector for e in events] == ["discriminator_wins"]  # once per episode
+  assert events[0].step == 300 + (5 + 4 + 1 + 5 - 1) * 10  # the interrupted window did not count
+  assert events[0].evidence["g/grad_norm_reference"] == pytest.approx(1.0)
+
+
+def test_discriminator_wins_on_rejected_samples_without_vanishing_gradient():
+  won = _healthy(0, **{"d/real_acc": 1.0, "d/fake_acc": 1.0, "d/fake_prob": 1e-4})
+  events = _feed(_monitor(), [_healthy(0)] * 5 + [won] * 5)
+  assert [e.detector for e in events] == ["discriminator_wins"]
+
+
+def test_warmup_silences_the_early_steps():
+  won = _healthy(0, **{"d/real_acc": 1.0, "d/fake_acc": 1.0, "d/fake_prob": 0.0})
+  collapsed = won | {"health/diversity": 0.0}
+  assert _feed(_monitor(), [collapsed] * 15, start=10) == []  # steps 10..150 <= 200
+
+
+def test_mode_collapse_from_diversity_and_from_class_coverage():
+  events = _feed(_monitor(), [_healthy(0, **{"health/diversity": 0.02})] * 5)
+  assert [e.detector for e in events] == ["mode_collapse"]
+  monitor = _monitor(mode_collapse={"window": 1})
+  assert monitor.observe_eval(1000, {"c/classes": 10, "c/real_classes": 10}) == []
+  events = monitor.observe_eval(2000, {"c/classes": 3, "c/real_classes": 10})
+  assert [e.detector for e in events] == ["mode_collapse"] and "3 classes" in events[0].message
+
+
+def test_divergence_on_nonfinite_values_explosions_and_huge_updates():
+  monitor = _monitor()
+  events = _feed(monitor, [_healthy(0, **{"health/finite": 0.0})] * 2)
+  assert [(e.detector, e.action) for e in events] == [("divergence", "rollback")]
+  monitor = _monitor()
+  events = _feed(monitor, [_healthy(0)] * 10 + [_healthy(0, **{"g/loss": 50.0})] * 2)
+  assert [e.detector for e in events] == ["divergence"] and "g/loss" in events[0].message
+  monitor = _monitor()
+  events = _feed(monitor, [_healthy(0, **{"d/update_ratio": 3.0})] * 2)
+  assert [e.detector for e in events] == ["divergence"]
+  # A discriminator loss going from ~0 to ~2 is not an explosion (medians floor at 1).
+  small = [_healthy(0, **{"d/loss": 1e-4})] * 10 + [_healthy(0, **{"d/loss": 2.0})] * 2
+  assert _feed(_monitor(), small) == []
+
+
+def test_rollbacks_are_bounded_then_the_run_stops():
+  monitor = _monitor(max_rollbacks=2, divergence={"window": 1})
+  actions = []
+  for i in range(3):
+    actions += [e.action for e in monitor.observe(300 + i, _healthy(0, **{"health/finite": 0.0}))]
+    monitor.reset_windows()
+  assert actions == ["rollback", "rollback", "stop"]
+
+
+def test_plateau_early_stops_after_patience_evaluations():
+  monitor = _monitor(plateau={"patience": 2})
+  fired = [monitor.observe_eval(s, {"m/fcd": v}) for s, v in enumerate([5.0, 4.0, 4.5, 4.1])]
+  assert [len(f) for f in fired] == [0, 0, 0, 1]
+  assert fired[-1][0].action == "early_stop" and fired[-1][0].evidence["best"] == 4.0
+
+
+def test_settings_are_checked():
+  with pytest.raises(ValueError, match="unknown setting health.divergence.windw"):
+    health.Monitor({"divergence": {"windw": 3}})
+  with pytest.raises(ValueError, match="action"):
+    health.Monitor({"plateau": {"action": "panic"}})
+
+
+def test_monitor_state_survives_a_resume():
+  monitor = _monitor(plateau={"patience": 3})
+  monitor.observe_eval(1, {"m/fcd": 2.0})
+  monitor.observe_eval(2, {"m/fcd": 3.0})
+  monitor.lr_scale, monitor.rollbacks = 0.5, 1
+  other = _monitor(plateau={"patience": 3})
+  other.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
+  assert other.state_dict() == monitor.state_dict()
+
+
+def test_signal_functions():
+  w = np.diag([3.0, 2.0, 1.0])
+  sigmas = health.top_singular_values({"conv": {"kernel": w.reshape(1, 1, 3, 3)}, "b": np.ones(3)})
+  assert sigmas == {"conv/kernel": pytest.approx(3.0)}
+  real = jax.random.normal(jax.random.PRNGKey(0), (32, 8))
+  other = jax.random.normal(jax.random.PRNGKey(1), (32, 8))
+  assert 0.8 < float(health.diversity_ratio(real, other)) < 1.25
+  assert float(health.diversity_ratio(real, jnp.tile(real[:1], (32, 1)))) < 1e-3
+
+
+def test_learning_rate_scale_is_set_in_the_optimizer_state():
+  config = mnist.get_config("smoke")
+  G, D = models.build(config.model, axis_name=None)
+  state = state_lib.create(config, G, D, (28, 28, 1), 64)
+  assert state_lib.learning_rate_scales(state) == {"g": 1.0, "d": 1.0}
+  halved = state_lib.with_learning_rate_scale(state, 0.5)
+  assert state_lib.learning_rate_scales(halved) == {"g": 0.5, "d": 0.5}
+  grads = jax.tree.map(jnp.ones_like, state.g.params)
+  full, _ = state.g.tx.update(grads, state.g.opt_state, state.g.params)
+  half, _ = halved.g.tx.update(grads, halved.g.opt_state, halved.g.params)
+  np.testing.assert_allclose(jax.tree.leaves(half)[0], 0.5 * jax.tree.leaves(full)[0], rtol=1e-6)
+
+
+# Short versions of the broken experiments (smoke-sized models, real MNIST digits:
+# TFDS_DATA_DIR's or the bundled 5,000-image sample), 300 steps, logged every 10.
+@pytest.mark.parametrize(
+    "variant, expected",
+    [
+        ("smoke", set()),
+        ("smoke,broken_d_lr", {"discriminator_wins"}),
+        ("smoke,broken_collapse", {"mode_collapse"}),
+        ("smoke,broken_diverge", {"divergence"}),
+    ],
+)
+def test_the_matching_detector_fires_on_each_broken_run(variant, expected, tmp_path):
+  config = mnist.get_config(variant)
+  config.num_steps, config.log_every = 300, 10
+  config.checkpoint_every = config.sample_every = 100
+  final = train.train_and_evaluate(config, str(tmp_path))
+  events = health.read_events(str(tmp_path))
+  assert {e["detector"] for e in events} == expected, events
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(final)))
+  if variant.endswith("diverge"):  # rolled back with lower learning rates, then stopped
+    assert [e["action"] for e in events] == ["rollback"] * 3 + ["stop"]
+    assert state_lib.learning_rate_scales(final) == {"g": 0.125, "d": 0.125}
