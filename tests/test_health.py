@@ -1,6 +1,7 @@
 """The health monitor: each detector on synthetic metric streams, and on runs broken on purpose."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import mnist
-from gan import health, models, train
+from gan import health, models, report, train, writers
 from gan import state as state_lib
 
 
@@ -168,3 +169,45 @@ def test_the_matching_detector_fires_on_each_broken_run(variant, expected, tmp_p
   if variant.endswith("diverge"):  # rolled back with lower learning rates, then stopped
     assert [e["action"] for e in events] == ["rollback"] * 3 + ["stop"]
     assert state_lib.learning_rate_scales(final) == {"g": 0.125, "d": 0.125}
+
+
+def _fake_run(workdir, events=()):
+  os.makedirs(workdir / "samples")
+  (workdir / "config.json").write_text(
+      json.dumps({"evals": {"c": {}}, "best_checkpoint": {"metric": "c/fcd", "mode": "min"}})
+  )
+  with open(workdir / "metrics.jsonl", "w") as f:
+    for step in range(10, 110, 10):
+      f.write(json.dumps({"step": step} | _healthy(step)) + "\n")
+      if step % 50 == 0:
+        f.write(json.dumps({"step": step, "c/fcd": 100.0 / step}) + "\n")
+  for event in events:
+    health.write_event(str(workdir), event)
+  for step in (50, 100):
+    os.makedirs(workdir / "checkpoints" / str(step))
+    writers.save_image_grid(
+        np.zeros((4, 8, 8, 1)), str(workdir / "samples" / f"step_{step:06d}.png")
+    )
+
+
+def test_report_of_a_healthy_run(tmp_path):
+  _fake_run(tmp_path)
+  html_path, summary_path = report.write(str(tmp_path))
+  with open(html_path) as f:
+    page = f.read()
+  assert "Healthy: no detector fired in 100 steps." in page
+  assert page.count("data:image/png;base64,") >= 4  # signals, metrics, two sample grids
+  assert "Step 100: c/fcd = 1" in page  # the best checkpoint and why
+  with open(summary_path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_names_the_failure(tmp_path, capsys):
+  event = health.Event(70, "divergence", {"finite": False}, "rollback", "training diverges", 60)
+  _fake_run(tmp_path, [event])
+  report.main([str(tmp_path)])
+  out = capsys.readouterr().out
+  assert out.startswith("Unhealthy after 100 steps: divergence at step 70")
+  assert "action: rollback" in out
+  with pytest.raises(SystemExit):
+    report.main([str(tmp_path / "nowhere")])

@@ -1,0 +1,292 @@
+"""A run's health report: `python -m gan.report WORKDIR` writes WORKDIR/report.html and summary.png.
+
+The page is self-contained (plots and sample grids embedded as PNG data): loss,
+accuracy, gradient and health-signal curves with the monitor's events marked on
+the timeline, the evaluators' metric curves, a strip of sample grids over
+training, the best checkpoint and why it was chosen, and a one-paragraph
+verdict. `summary.png` is the same at a glance, for terminals and notebooks.
+Reads only the workdir (metrics.jsonl, events.jsonl, config.json, samples/,
+checkpoints/); it can run while training goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import html
+import io
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from gan import health, writers
+
+# Training-signal panels: (title, metric keys, log scale).
+PANELS = (
+    ("losses", ("d/loss", "g/loss"), False),
+    (
+        "D accuracy and D(x), D(G(z))",
+        ("d/real_acc", "d/fake_acc", "d/real_prob", "d/fake_prob"),
+        False,
+    ),
+    ("gradient norms", ("d/grad_norm", "g/grad_norm"), True),
+    ("update / parameter norm", ("d/update_ratio", "g/update_ratio"), True),
+    ("diversity (generated / real spread in D's features)", ("health/diversity",), False),
+    ("largest singular value of D's layers", ("health/d_sigma_max",), True),
+)
+_COLORS = {"divergence": "tab:red", "discriminator_wins": "tab:orange"}
+_COLORS |= {"mode_collapse": "tab:purple", "plateau": "tab:green"}
+
+
+def _series(records: list[dict[str, float]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Per metric, (steps, values) of the surviving trajectory (the last record of each step wins,
+  so the branch a rollback abandoned is dropped)."""
+  by_step: dict[int, dict[str, float]] = {}
+  for record in records:
+    by_step.setdefault(int(record["step"]), {}).update(record)
+  out: dict[str, tuple[list[int], list[float]]] = {}
+  for step in sorted(by_step):
+    for key, value in by_step[step].items():
+      if key != "step":
+        out.setdefault(key, ([], []))
+        out[key][0].append(step)
+        out[key][1].append(value)
+  return {k: (np.asarray(s), np.asarray(v, np.float64)) for k, (s, v) in out.items()}
+
+
+def load(workdir: str) -> dict[str, Any]:
+  """Everything the report shows, read from the workdir."""
+  config = {}
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = json.load(f)
+  records = (
+      writers.read_metrics(workdir)
+      if os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+      else []
+  )
+  samples = sorted(glob.glob(os.path.join(workdir, "samples", "step_*.png")))
+  return {
+      "workdir": os.path.abspath(workdir),
+      "config": config,
+      "series": _series(records),
+      "events": health.read_events(workdir),
+      "samples": samples,
+      "best": _best(workdir, config),
+  }
+
+
+def _best(workdir: str, config: dict[str, Any]) -> dict[str, Any]:
+  best = config.get("best_checkpoint") or {}
+  metric, mode = best.get("metric") or None, best.get("mode", "min")
+  steps = sorted(
+      int(os.path.basename(p))
+      for p in glob.glob(os.path.join(workdir, "checkpoints", "*"))
+      if os.path.basename(p).isdigit()
+  )
+  out: dict[str, Any] = {"metric": metric, "mode": mode, "checkpoints": steps, "step": None}
+  if not metric:
+    return out
+  series = _series(writers.read_metrics(workdir)) if steps else {}
+  if metric in series:
+    s, v = series[metric]
+    kept = [(step, value) for step, value in zip(s, v, strict=True) if step in steps]
+    if kept:
+      pick = min if mode == "min" else max
+      out["step"], out["value"] = pick(kept, key=lambda sv: sv[1])
+      out["history"] = list(zip(s.tolist(), v.tolist(), strict=True))
+  return out
+
+
+def verdict(report: dict[str, Any]) -> str:
+  """One paragraph: healthy, or which failure, when, and what was done."""
+  events = report["events"]
+  series = report["series"]
+  last = int(max((s[-1] for s, _ in series.values()), default=0))
+  failures = [e for e in events if e["detector"] != "plateau"]
+  if not failures:
+    text = f"Healthy: no detector fired in {last:,} steps."
+    stops = [e for e in events if e["detector"] == "plateau"]
+    if stops:
+      text += (
+          f" Stopped at step {stops[0]['step']:,}: {stops[0]['message']}"
+          f" (the best checkpoint is kept)."
+      )
+    return text
+  parts = []
+  for name in health.DETECTORS:
+    fired = [e for e in failures if e["detector"] == name]
+    if fired:
+      first = fired[0]
+      steps = ", ".join(f"{e['step']:,}" for e in fired[:5]) + (" ..." if len(fired) > 5 else "")
+      actions = sorted({e["action"] for e in fired})
+      parts.append(
+          f"{name.replace('_', ' ')} at step{'s' if len(fired) > 1 else ''} {steps} "
+          f"(first: {first['message']}; action: {', '.join(actions)})"
+      )
+  stopped = any(e["action"] in ("stop", "early_stop") for e in events)
+  text = f"Unhealthy after {last:,} steps: " + "; ".join(parts) + "."
+  if stopped:
+    text += " The run was stopped."
+  return text
+
+
+def _figure(report: dict[str, Any], keys_panels, columns: int = 3, width: float = 4.2):
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  rows = max(1, -(-len(keys_panels) // columns))
+  fig, axes = plt.subplots(rows, columns, figsize=(width * columns, 2.8 * rows), squeeze=False)
+  for ax in axes.flat[len(keys_panels) :]:
+    ax.axis("off")
+  for ax, (title, keys, log) in zip(axes.flat, keys_panels, strict=False):
+    for key in keys:
+      if key in report["series"]:
+        steps, values = report["series"][key]
+        ax.plot(steps, values, label=key, lw=1)
+    for event in report["events"]:
+      ax.axvline(event["step"], color=_COLORS.get(event["detector"], "k"), ls="--", lw=0.8)
+    if log:
+      ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    if ax.lines:
+      ax.legend(fontsize=6, loc="best")
+  fig.tight_layout()
+  return fig
+
+
+def _png(fig) -> bytes:
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+  plt.close(fig)
+  return buffer.getvalue()
+
+
+def _img(data: bytes, alt: str, width: int | None = None) -> str:
+  size = f' width="{width}"' if width else ""
+  encoded = base64.b64encode(data).decode()
+  return f'<img alt="{html.escape(alt)}"{size} src="data:image/png;base64,{encoded}">'
+
+
+def _metric_panels(report: dict[str, Any]) -> list[tuple[str, tuple[str, ...], bool]]:
+  evals = (report["config"].get("evals") or {}).keys()
+  panels = []
+  for name in sorted(evals):
+    for key in sorted(k for k in report["series"] if k.startswith(f"{name}/")):
+      panels.append((key, (key,), False))
+  return panels
+
+
+def _sample_strip(samples: list[str], count: int = 8) -> list[str]:
+  if len(samples) <= count:
+    return samples
+  picks = np.linspace(0, len(samples) - 1, count).round().astype(int)
+  return [samples[i] for i in sorted(set(picks.tolist()))]
+
+
+def write(workdir: str) -> tuple[str, str]:
+  """Writes report.html and summary.png into `workdir`; returns their paths."""
+  report = load(workdir)
+  text = verdict(report)
+  training = [p for p in PANELS if any(k in report["series"] for k in p[1])]
+  metric_panels = _metric_panels(report)
+
+  glance = [p for p in training if p[0] != "update / parameter norm"][:4] + metric_panels[:2]
+  summary = _figure(report, glance)
+  summary.suptitle(_wrap(text, 150), fontsize=8, y=1.0, va="bottom")
+  summary_png = _png(summary)
+  summary_path = os.path.join(workdir, "summary.png")
+  with open(summary_path, "wb") as f:
+    f.write(summary_png)
+
+  parts = [
+      "<!doctype html><meta charset='utf-8'>",
+      f"<title>jaxgan report: {html.escape(report['workdir'])}</title>",
+      "<style>body{font-family:sans-serif;max-width:1300px;margin:auto}"
+      "td,th{padding:2px 8px;text-align:left}.v{font-size:1.1em;padding:8px;"
+      "background:#f4f4f4}</style>",
+      f"<h1>Run report</h1><p>{html.escape(report['workdir'])}</p>",
+      f"<p class='v'><b>Verdict.</b> {html.escape(text)}</p>",
+      "<h2>Training signals</h2>",
+      "<p>Dashed lines: detector events (red divergence, orange discriminator wins, "
+      "purple mode collapse, green plateau).</p>",
+      _img(_png(_figure(report, training)), "training signals") if training else "",
+  ]
+  if metric_panels:
+    parts += ["<h2>Evaluation metrics</h2>", _img(_png(_figure(report, metric_panels)), "metrics")]
+  parts += ["<h2>Events</h2>", _events_table(report["events"])]
+  parts += ["<h2>Best checkpoint</h2>", _best_html(report["best"])]
+  strip = _sample_strip(report["samples"])
+  if strip:
+    parts.append("<h2>Samples over training</h2><div>")
+    for path in strip:
+      with open(path, "rb") as f:
+        step = int(os.path.basename(path)[5:-4])
+        parts.append(
+            f"<figure style='display:inline-block;margin:4px'>{_img(f.read(), path, 150)}"
+            f"<figcaption>step {step:,}</figcaption></figure>"
+        )
+    parts.append("</div>")
+  html_path = os.path.join(workdir, "report.html")
+  with open(html_path, "w") as f:
+    f.write("\n".join(parts))
+  return html_path, summary_path
+
+
+def _wrap(text: str, width: int) -> str:
+  import textwrap  # noqa: PLC0415
+
+  return "\n".join(textwrap.wrap(text, width))
+
+
+def _events_table(events: list[dict[str, Any]]) -> str:
+  if not events:
+    return "<p>No events.</p>"
+  rows = ["<table><tr><th>step</th><th>detector</th><th>action</th><th>what</th></tr>"]
+  for e in events:
+    rows.append(
+        f"<tr><td>{e['step']:,}</td><td>{html.escape(e['detector'])}</td>"
+        f"<td>{html.escape(e['action'])}</td><td>{html.escape(e['message'])}</td></tr>"
+    )
+  return "".join(rows) + "</table>"
+
+
+def _best_html(best: dict[str, Any]) -> str:
+  kept = ", ".join(f"{s:,}" for s in best["checkpoints"]) or "none"
+  if not best["metric"]:
+    return f"<p>No metric tracked; the latest checkpoints are kept (steps {kept}).</p>"
+  if best["step"] is None:
+    metric = html.escape(best["metric"])
+    return f"<p>Tracking {metric} ({best['mode']}); no evaluated checkpoint yet (kept: {kept}).</p>"
+  history = ", ".join(f"{s:,}: {v:.4g}" for s, v in best.get("history", []))
+  return (
+      f"<p>Step {best['step']:,}: {html.escape(best['metric'])} = {best['value']:.4g}, the "
+      f"{'lowest' if best['mode'] == 'min' else 'highest'} among the kept checkpoints "
+      f"(kept: {kept}). All evaluations: {history}.</p>"
+  )
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = sys.argv[1:] if argv is None else argv
+  if len(argv) != 1 or argv[0].startswith("-"):
+    print("usage: python -m gan.report WORKDIR", file=sys.stderr)
+    sys.exit(2)
+  workdir = argv[0]
+  if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    print(f"error: {workdir!r} has no metrics.jsonl (not a run directory?)", file=sys.stderr)
+    sys.exit(2)
+  html_path, summary_path = write(workdir)
+  print(verdict(load(workdir)))
+  print(f"wrote {html_path} and {summary_path}")
+
+
+if __name__ == "__main__":
+  main()
