@@ -44,9 +44,11 @@ NUM_EXAMPLES = 60_000
 class Setting:
   """One compiled step at one global batch size, with its state on the devices."""
 
-  def __init__(self, batch: int, data, conv_chunk: int):
+  def __init__(self, batch: int, data, conv_chunk: int, health: bool = True):
     config = mnist.get_config()
     config.batch_size = batch
+    config.health.enabled = config.health.guard_nonfinite = health
+    self.config = config
     config.model.g.conv_chunk = config.model.d.conv_chunk = conv_chunk
     devices = jax.local_devices()
     G, D = models.build(config.model, axis_name=step_lib.AXIS)
@@ -54,7 +56,8 @@ class Setting:
     step = step_lib.pmap_step(
         step_lib.make_train_step(step_lib.StepConfig.from_config(config), G, D)
     )
-    self.batch, self.devices = batch, len(devices)
+    self.batch, self.devices, self.health = batch, len(devices), health
+    self.G, self.D = G, D
     self.state, self.data = replicate(state, devices), data
     start = time.perf_counter()
     self.step = step.lower(self.state, self.data).compile()

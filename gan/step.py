@@ -49,6 +49,7 @@ class StepConfig:
   label_smoothing: float
   r1_gamma: float
   batch_fn: data_lib.BatchFn
+  health_signals: bool = True  # update ratios and the finiteness flag (config.health.enabled)
   guard_nonfinite: bool = True
 
   @classmethod
@@ -62,6 +63,7 @@ class StepConfig:
         label_smoothing=config.label_smoothing,
         r1_gamma=config.get("r1_gamma", 0.0),
         batch_fn=data_lib.batch_fn(config.dataset),
+        health_signals=config.get("health", {}).get("enabled", True),
         guard_nonfinite=config.get("health", {}).get("guard_nonfinite", True),
     )
 
@@ -188,10 +190,13 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     new_state = state.replace(step=state.step + 1, g=g, d=d, g_ema=g_ema, data_perm=perm)
     metrics = {f"d/{k}": v for k, v in d_metrics.items()}
     metrics |= {f"g/{k}": v for k, v in g_metrics.items()}
-    metrics["d/update_ratio"] = update_ratio(d.params, state.d.params)
-    metrics["g/update_ratio"] = update_ratio(g.params, state.g.params)
+    if cfg.health_signals:
+      metrics["d/update_ratio"] = update_ratio(d.params, state.d.params)
+      metrics["g/update_ratio"] = update_ratio(g.params, state.g.params)
     metrics = lax.pmean(metrics, AXIS)  # identical on every device from here on
-    finite = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in _FINITE_KEYS]))
+    if not (cfg.health_signals or cfg.guard_nonfinite):
+      return new_state, metrics
+    finite = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in _FINITE_KEYS if k in metrics]))
     metrics["health/finite"] = finite.astype(jnp.float32)
     if cfg.guard_nonfinite:
       # A step with a non-finite loss or gradient is dropped whole (only the step
