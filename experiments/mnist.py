@@ -108,8 +108,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.evals = ml_collections.ConfigDict()
     config.best_checkpoint.metric = ""
   # Broken on purpose, to show that the health monitor names the failure.
-  if "broken_d_lr" in parts:  # D's learning rate far too high: D wins, G's gradients vanish
-    config.optim.d.lr = 2e-2
+  if "broken_d_lr" in parts:  # D's learning rate 25x too high: D wins, rejects every sample
+    config.optim.d.lr = 5e-3
   if "broken_collapse" in parts:  # G ignores z: every sample is the same image
     config.model.g.z_scale = 0.0
   if "broken_diverge" in parts:  # learning rates that blow the run up

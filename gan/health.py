@@ -10,14 +10,15 @@ window:
   ratios and a finiteness flag in the compiled step; at log steps the loop adds
   the diversity ratio and D's largest singular value, functions below.)
 
-  discriminator_wins  D tells real from fake almost perfectly (both accuracies
-                      >= `acc`) and G's gradient norm has fallen below
-                      `g_grad_drop` x its reference (its median over the first
-                      `reference` records), or D(G(z)) is below `fake_prob`:
-                      G's gradients vanish or point nowhere.
+  discriminator_wins  over the window, D tells real from fake almost perfectly
+                      (mean accuracies >= `acc`) and either G's median gradient
+                      norm is below `g_grad_drop` x its reference (its median
+                      over the first `reference` records after warm-up) or the
+                      mean D(G(z)) is below `fake_prob`: G's gradients vanish
+                      or every sample is rejected.
   mode_collapse       the diversity ratio of generated vs real samples in D's
                       feature space is below `diversity`, or an evaluator's
-                      class coverage is below `coverage` x the number of classes.
+                      class count is below `coverage` x the real data's.
   divergence          a non-finite loss or gradient (the step drops such
                       updates, see `gan.step`), a loss above `loss_factor` x
                       its running median or above `max_loss`, or an update
@@ -72,7 +73,7 @@ def defaults() -> ml_collections.ConfigDict:
           "discriminator_wins": {
               "acc": 0.95,
               "g_grad_drop": 0.1,
-              "fake_prob": 0.02,
+              "fake_prob": 0.1,
               "reference": 5,
               "window": 5,
               "action": "log",
@@ -195,19 +196,25 @@ class Monitor:
       self.records[name] = collections.deque(maxlen=max(1, length))
     return self.records[name]
 
-  def _check(self, name: str, step: int, bad: bool, evidence: dict, message: str) -> list[Event]:
-    """Fires `name` once per episode: when `bad` has held for its whole window."""
-    cfg = self.config[name]
-    window = self._window(name, int(cfg.get("window", 1)))
-    window.append((step, bad, evidence))
+  def _check(
+      self, name: str, step: int, bad: bool, evidence: dict, message: str, since: int | None = None
+  ) -> list[Event]:
+    """Fires `name` once per episode: when `bad` has held for its whole window.
+
+    With `since`, `bad` already judges a whole window (starting at step `since`).
+    """
+    if since is None:
+      window = self._window(name, int(self.config[name].get("window", 1)))
+      window.append((step, bad, evidence))
+      bad = bad and len(window) == window.maxlen and all(b for _, b, _ in window)
+      since = window[0][0]
     if not bad:
       self.active.discard(name)
       return []
-    full = len(window) == window.maxlen and all(b for _, b, _ in window)
-    if not full or name in self.active:
+    if name in self.active:
       return []
     self.active.add(name)
-    return [self._event(name, step, evidence, message, since=window[0][0])]
+    return [self._event(name, step, evidence, message, since=since)]
 
   def _event(self, name: str, step: int, evidence: dict, message: str, since: int) -> Event:
     action = self.config[name].action
@@ -274,26 +281,34 @@ class Monitor:
       if len(self.g_grad_reference) < cfg.reference and math.isfinite(g_grad):
         self.g_grad_reference.append(g_grad)
       reference = _median(self.g_grad_reference)
-      wins = min(m["d/real_acc"], m["d/fake_acc"]) >= cfg.acc
-      vanishing = len(self.g_grad_reference) >= cfg.reference and g_grad <= cfg.g_grad_drop * (
-          reference
+      # Judged on the window's means (one batch's accuracy is noisy), not record by record.
+      window = self._window("discriminator_wins", int(cfg.window))
+      record = (m["d/real_acc"], m["d/fake_acc"], m.get("d/fake_prob", 1.0), g_grad)
+      window.append((step, record))
+      real_acc, fake_acc, fake_prob = (float(np.mean([r[i] for _, r in window])) for i in range(3))
+      g_grad_median = _median([r[3] for _, r in window])
+      wins = len(window) == window.maxlen and min(real_acc, fake_acc) >= cfg.acc
+      vanishing = len(self.g_grad_reference) >= cfg.reference and (
+          g_grad_median <= cfg.g_grad_drop * reference
       )
-      rejected = m.get("d/fake_prob", 1.0) <= cfg.fake_prob
+      rejected = fake_prob <= cfg.fake_prob
       evidence = {
-          "d/real_acc": m["d/real_acc"],
-          "d/fake_acc": m["d/fake_acc"],
-          "d/fake_prob": m.get("d/fake_prob"),
-          "g/grad_norm": g_grad,
+          "d/real_acc": real_acc,
+          "d/fake_acc": fake_acc,
+          "d/fake_prob": fake_prob,
+          "g/grad_norm": g_grad_median,
           "g/grad_norm_reference": reference,
+          "window_records": len(window),
       }
       events += self._check(
           "discriminator_wins",
           step,
           wins and (vanishing or rejected),
           evidence,
-          f"the discriminator wins: accuracy real {m['d/real_acc']:.2f} / fake "
-          f"{m['d/fake_acc']:.2f}, D(G(z)) {m.get('d/fake_prob', float('nan')):.3f}, "
-          f"G gradient norm {g_grad:.3g} vs {reference:.3g} early in the run",
+          f"the discriminator wins: over the last {len(window)} log steps, mean accuracy real "
+          f"{real_acc:.2f} / fake {fake_acc:.2f}, mean D(G(z)) {fake_prob:.3f}, G gradient norm "
+          f"{g_grad_median:.3g} (median) vs {reference:.3g} early in the run",
+          since=window[0][0],
       )
 
     # mode_collapse from the in-step diversity ratio.

@@ -168,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     logging.info("Already trained %d >= num_steps=%d steps", start, config.num_steps)
     return run.state
   writer = writers.MetricWriter(run.workdir) if run.primary else writers.NullWriter()
-  monitor = _HealthMonitor(run, writer)
+  monitor = _HealthMonitor(run)
   p_state = replicate(run.state, run.devices)
   del run.state  # donated to the step from here on
   bar = tqdm(
@@ -233,7 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     if (is_last or stopping) and results is not None and run.primary:
       runs.write_eval_json(run.workdir, results_step, "final", results)
     if stopping:
-      bar.write(f"step {step}: stopping ({action}); best checkpoint: {monitor.best_note()}")
+      if run.primary:
+        bar.write(f"step {step}: stopping ({action}); best checkpoint: {monitor.best_note()}")
       break
     if action == "rollback":
       p_state = replicate(monitor.rollback(events), run.devices)
@@ -255,8 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 class _HealthMonitor:
   """The loop's side of `gan.health`: feeds the Monitor, records events, carries out actions."""
 
-  def __init__(self, run: Run, writer):
-    self.run, self.writer, self.bar = run, writer, None
+  def __init__(self, run: Run):
+    self.run, self.bar = run, None
     config = run.config
     settings = config.get("health") or {}
     self.enabled = bool(settings.get("enabled", True))
