@@ -246,7 +246,7 @@ class Monitor:
           history.append(m[key])
     for key in ("d/loss", "g/loss"):
       if key in m and abs(m[key]) > cfg.max_loss and key not in exploded:
-        exploded[key] = {"value": m[key], "median": _median(self.loss_history[key])}
+        exploded[key] = {"value": m[key], "limit": cfg.max_loss}
     jumps = {
         k: m[k]
         for k in ("d/update_ratio", "g/update_ratio")
@@ -261,7 +261,10 @@ class Monitor:
           + ")"
       )
     detail = ", ".join(
-        f"{k} {v['value']:.3g} vs median {v['median']:.3g}" for k, v in exploded.items()
+        f"{k} {v['value']:.3g} above the limit {v['limit']:.3g}"
+        if "limit" in v
+        else f"{k} {v['value']:.3g} vs median {v['median']:.3g}"
+        for k, v in exploded.items()
     )
     events += self._check(
         "divergence",
