@@ -148,10 +148,10 @@ def _figure(report: dict[str, Any], keys_panels, columns: int = 3, width: float 
     for key in keys:
       if key in report["series"]:
         steps, values = report["series"][key]
-        ax.plot(steps, values, label=key, lw=1)
+        ax.plot(steps, values, label=key, lw=1, marker="o" if len(steps) < 20 else None, ms=3)
     for event in report["events"]:
       ax.axvline(event["step"], color=_COLORS.get(event["detector"], "k"), ls="--", lw=0.8)
-    if log:
+    if log and any((np.asarray(line.get_ydata()) > 0).any() for line in ax.lines):
       ax.set_yscale("log")
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
@@ -178,11 +178,10 @@ def _img(data: bytes, alt: str, width: int | None = None) -> str:
 
 def _metric_panels(report: dict[str, Any]) -> list[tuple[str, tuple[str, ...], bool]]:
   evals = (report["config"].get("evals") or {}).keys()
-  panels = []
-  for name in sorted(evals):
-    for key in sorted(k for k in report["series"] if k.startswith(f"{name}/")):
-      panels.append((key, (key,), False))
-  return panels
+  tracked = report["best"].get("metric")
+  keys = [k for name in sorted(evals) for k in sorted(report["series"]) if k.startswith(f"{name}/")]
+  keys.sort(key=lambda k: k != tracked)  # the metric that picks the best checkpoint first
+  return [(key, (key,), False) for key in keys]
 
 
 def _sample_strip(samples: list[str], count: int = 8) -> list[str]:
