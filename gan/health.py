@@ -55,6 +55,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gan.evaluation import metrics
+
 DETECTORS = ("discriminator_wins", "mode_collapse", "divergence", "plateau")
 ACTIONS = ("log", "rollback", "early_stop", "stop")
 
@@ -370,8 +372,7 @@ class Monitor:
 def mean_pairwise_distance(features: jax.Array) -> jax.Array:
   """Mean Euclidean distance between the rows of `features` (B, ...), over pairs i != j."""
   f = features.reshape(features.shape[0], -1).astype(jnp.float32)
-  sq = jnp.sum(f * f, axis=1)
-  d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * f @ f.T, 0.0)
+  d2 = metrics.pairwise_sq_dist(f, f)
   n = f.shape[0]
   off_diagonal = 1.0 - jnp.eye(n, dtype=f.dtype)
   return jnp.sum(jnp.sqrt(d2 + 1e-12) * off_diagonal) / max(n * (n - 1), 1)

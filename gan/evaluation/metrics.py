@@ -125,16 +125,17 @@ def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]
   return float(np.mean(scores)), float(np.std(scores))
 
 
+def pairwise_sq_dist(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Squared Euclidean distances between the rows of a and b, (len(a), len(b)), >= 0."""
+  d = jnp.sum(a * a, axis=1)[:, None] + jnp.sum(b * b, axis=1)[None, :] - 2.0 * a @ b.T
+  return jnp.maximum(d, 0.0)  # rounding can make the expansion slightly negative
+
+
 @functools.partial(jax.jit, static_argnames=("block",))
 def _pairwise_sq_dist_blocks(a: jax.Array, b: jax.Array, block: int) -> jax.Array:
   """Squared distances (len(a), len(b)), a block of rows at a time (len(a) % block == 0)."""
-  b_sq = jnp.sum(b * b, axis=1)
-
-  def rows(chunk):
-    d = jnp.sum(chunk * chunk, axis=1)[:, None] + b_sq[None, :] - 2.0 * chunk @ b.T
-    return jnp.maximum(d, 0.0)
-
-  return jax.lax.map(rows, a.reshape(-1, block, a.shape[1])).reshape(a.shape[0], b.shape[0])
+  blocks = jax.lax.map(lambda chunk: pairwise_sq_dist(chunk, b), a.reshape(-1, block, a.shape[1]))
+  return blocks.reshape(a.shape[0], b.shape[0])
 
 
 def _map_rows(fn, a: np.ndarray, b: np.ndarray, block: int = 1000) -> np.ndarray:
