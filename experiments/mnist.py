@@ -35,7 +35,7 @@ from ml_collections import config_dict
 from gan import health
 from gan.evaluation import evaluators
 
-BROKEN = ("broken_d_lr", "broken_collapse", "broken_diverge")
+BROKEN = ("broken_d_wins", "broken_collapse", "broken_diverge", "broken_spike")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -108,10 +108,21 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.evals = ml_collections.ConfigDict()
     config.best_checkpoint.metric = ""
   # Broken on purpose, to show that the health monitor names the failure.
-  if "broken_d_lr" in parts:  # D's learning rate 25x too high: D wins, rejects every sample
+  if "broken_d_wins" in parts:
+    # D's learning rate 25x too high, and the minimax ("saturating") generator loss
+    # log(1 - D(G(z))), whose gradient vanishes once D rejects every sample (Goodfellow
+    # et al. 2014, Sec. 3): D wins and G stops learning.
     config.optim.d.lr = 5e-3
+    config.loss = "minimax"
   if "broken_collapse" in parts:  # G ignores z: every sample is the same image
     config.model.g.z_scale = 0.0
   if "broken_diverge" in parts:  # learning rates that blow the run up
     config.optim.g.lr = config.optim.d.lr = 10.0
+  if "broken_spike" in parts:
+    # A healthy run hit by a transient fault: at step 3,300 (3/5 through; 33 with smoke)
+    # both learning rates jump 1,000x. `divergence` should roll it back to the step-3,000
+    # checkpoint with halved learning rates, after which it trains on to a healthy end.
+    config.inject_fault = ml_collections.ConfigDict(
+        {"step": config.num_steps * 33 // 50, "lr_factor": 1e3}
+    )
   return config

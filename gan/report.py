@@ -128,6 +128,11 @@ def verdict(report: dict[str, Any]) -> str:
           f"(first: {first['message']}; action: {', '.join(actions)})"
       )
   stopped = any(e["action"] in ("stop", "early_stop") for e in events)
+  if not stopped and all(e["action"] == "rollback" for e in failures):
+    return (
+        f"Recovered: {'; '.join(parts)}. After the last rollback the run trained on to step "
+        f"{last:,} with no further event."
+    )
   text = f"Unhealthy after {last:,} steps: " + "; ".join(parts) + "."
   if stopped:
     text += " The run was stopped."

@@ -186,6 +186,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   p_metrics, step, results, results_step = None, start, None, start
   while step < config.num_steps:
     step += 1
+    if step == monitor.fault_step:  # a fault injected on purpose (`config.inject_fault`)
+      p_state = replicate(monitor.inject_fault(jax.device_get(unreplicate(p_state))), run.devices)
+      p_metrics = None
     # At most two steps in flight: wait for step t-1 before queueing t+1. An
     # unbounded queue of pmapped steps deadlocked XLA:CPU with 2 simulated
     # devices on 2 cores (an all-reduce rendezvous timed out in step 1).
@@ -264,9 +267,20 @@ class _HealthMonitor:
     best = config.get("best_checkpoint") or {}
     self.monitor = health.Monitor(settings, best.get("metric"), best.get("mode", "min"))
     self.path = os.path.join(run.workdir, "health.json")
+    # A fault injected on purpose, to show recovery: from step `step` on, both learning
+    # rates are multiplied by `lr_factor`. It happens once: a rollback that takes the run
+    # back past `step` does not bring it back.
+    fault = config.get("inject_fault") or {}
+    self.fault_step = int(fault.get("step", 0)) or None
+    self.fault_lr_factor = float(fault.get("lr_factor", 1.0))
+    self.fault_injected = False
     if os.path.exists(self.path) and run.checkpointer.latest_step() is not None:
       with open(self.path) as f:
-        self.monitor.load_state_dict(json.load(f))
+        saved = json.load(f)
+      self.monitor.load_state_dict(saved)
+      self.fault_injected = bool(saved.get("fault_injected", False))
+      if self.fault_injected:
+        self.fault_step = None
 
   def observe(self, step: int, metrics: dict[str, float]) -> list[health.Event]:
     return self.monitor.observe(step, metrics) if self.enabled else []
@@ -308,10 +322,21 @@ class _HealthMonitor:
     self.save()
     return state
 
+  def inject_fault(self, state: state_lib.GANState) -> state_lib.GANState:
+    """Multiplies both learning rates by the configured factor, once per run."""
+    step, self.fault_step, self.fault_injected = int(state.step) + 1, None, True
+    scale = state_lib.learning_rate_scales(state)["g"] * self.fault_lr_factor
+    message = f"fault injected at step {step}: learning rates x{self.fault_lr_factor:g}"
+    logging.warning("%s", message)
+    if self.run.primary and self.bar is not None:
+      self.bar.write(message)
+    self.save()
+    return state_lib.with_learning_rate_scale(state, scale)
+
   def save(self) -> None:
     if self.run.primary and self.enabled:
       with open(self.path, "w") as f:
-        json.dump(self.monitor.state_dict(), f)
+        json.dump({**self.monitor.state_dict(), "fault_injected": self.fault_injected}, f)
 
   def best_note(self) -> str:
     step = self.run.checkpointer.best_step()

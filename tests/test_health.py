@@ -153,22 +153,38 @@ def test_learning_rate_scale_is_set_in_the_optimizer_state():
     "variant, expected",
     [
         ("smoke", set()),
-        ("smoke,broken_d_lr", {"discriminator_wins"}),
+        ("smoke,broken_d_wins", {"discriminator_wins"}),
         ("smoke,broken_collapse", {"mode_collapse"}),
         ("smoke,broken_diverge", {"divergence"}),
+        ("smoke,broken_spike", {"divergence"}),
     ],
 )
 def test_the_matching_detector_fires_on_each_broken_run(variant, expected, tmp_path):
   config = mnist.get_config(variant)
   config.num_steps, config.log_every = 300, 10
   config.checkpoint_every = config.sample_every = 100
+  if variant.endswith("spike"):
+    config.inject_fault.step = 150
   final = train.train_and_evaluate(config, str(tmp_path))
   events = health.read_events(str(tmp_path))
   assert {e["detector"] for e in events} == expected, events
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(final)))
+  verdict = report.verdict(report.load(str(tmp_path)))
   if variant.endswith("diverge"):  # rolled back with lower learning rates, then stopped
     assert [e["action"] for e in events] == ["rollback"] * 3 + ["stop"]
     assert state_lib.learning_rate_scales(final) == {"g": 0.125, "d": 0.125}
+    assert verdict.startswith("Unhealthy") and "stopped" in verdict
+  if variant.endswith("spike"):  # one rollback past the fault, then healthy to the end
+    assert [e["action"] for e in events] == ["rollback"]
+    assert events[0]["step"] <= 170  # the step-150 fault is seen within two log records
+    assert int(final.step) == 300
+    assert state_lib.learning_rate_scales(final) == {"g": 0.5, "d": 0.5}
+    with open(tmp_path / "health.json") as f:
+      assert json.load(f)["fault_injected"]
+    with open(tmp_path / "metrics.jsonl") as f:
+      last = [json.loads(line) for line in f][-1]
+    assert last["step"] == 300 and last["d/loss"] < 5 and last["g/loss"] < 10, last
+    assert verdict.startswith("Recovered: divergence at step")
 
 
 def _fake_run(workdir, events=()):
@@ -203,11 +219,16 @@ def test_report_of_a_healthy_run(tmp_path):
 
 
 def test_report_names_the_failure(tmp_path, capsys):
-  event = health.Event(70, "divergence", {"finite": False}, "rollback", "training diverges", 60)
+  event = health.Event(70, "divergence", {"finite": False}, "log", "training diverges", 60)
   _fake_run(tmp_path, [event])
   report.main([str(tmp_path)])
   out = capsys.readouterr().out
   assert out.startswith("Unhealthy after 100 steps: divergence at step 70")
-  assert "action: rollback" in out
+  assert "action: log" in out
+  # The same failure, rolled back, and the run trained on without another event.
+  rolled_back = {**event.as_json(), "action": "rollback"}
+  assert report.verdict({**report.load(str(tmp_path)), "events": [rolled_back]}).startswith(
+      "Recovered: divergence at step 70"
+  )
   with pytest.raises(SystemExit):
     report.main([str(tmp_path / "nowhere")])
