@@ -72,10 +72,16 @@ def load_generator(
   return evaluators.Generator(G, state, config.model.z_dim, use_ema), config
 
 
-def write_eval_json(workdir: str, step: int, checkpoint_name: str, results) -> str:
-  """eval.json: {"step", "checkpoint", <eval name>: {<metric>: value, "protocol": {...}}}."""
+def write_eval_json(
+    workdir: str, step: int, checkpoint_name: str, results, extra: dict[str, Any] | None = None
+) -> str:
+  """eval.json: {"step", "checkpoint", <eval name>: {<metric>: value, "protocol": {...}}}.
+
+  `extra` adds top-level entries (semi-supervised runs: "test_error" and "labels").
+  """
   path = os.path.join(workdir, "eval.json")
-  record = {"step": step, "checkpoint": checkpoint_name, **evaluators.as_json(results)}
+  record = {"step": step, "checkpoint": checkpoint_name, **(extra or {})}
+  record |= evaluators.as_json(results)
   with open(path, "w") as f:
     json.dump(record, f, indent=2)
   return path

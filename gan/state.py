@@ -43,6 +43,14 @@ class GANState:
     rng: the run's base key. Every random number of a step is derived from it
       with `fold_in` on the step and the example index, never split forward.
     data_perm: the current epoch's data order (see `gan.data.next_batch`).
+
+  Semi-supervised methods (`gan.semi`) also use:
+    c: the classifier's TrainState (Triple-GAN's third player).
+    c_ema: exponential moving average of the classifier's parameters (of D's
+      for Improved-GAN, whose discriminator is the classifier): the test error
+      is measured with these.
+    labelled_perm: the current epoch's order of the labelled subset.
+  They are None (no leaves) otherwise, so plain GAN checkpoints are unchanged.
   """
 
   step: jax.Array
@@ -51,6 +59,14 @@ class GANState:
   g_ema: Any
   rng: jax.Array
   data_perm: jax.Array
+  c: TrainState | None = None
+  c_ema: Any = None
+  labelled_perm: jax.Array | None = None
+
+  @property
+  def players(self) -> tuple[str, ...]:
+    """The names of the trained players: ("g", "d") or ("g", "d", "c")."""
+    return ("g", "d") if self.c is None else ("g", "d", "c")
 
 
 def make_optimizer(
@@ -75,11 +91,14 @@ def make_optimizer(
 
 def learning_rate_scales(state: GANState) -> dict[str, float]:
   """The current multipliers of both players' learning rates (1.0 unless a remedy lowered them)."""
-  return {name: float(getattr(state, name).opt_state[1].hyperparams["step_size"]) for name in "gd"}
+  return {
+      name: float(getattr(state, name).opt_state[1].hyperparams["step_size"])
+      for name in state.players
+  }
 
 
 def with_learning_rate_scale(state: GANState, scale: float) -> GANState:
-  """Sets both players' learning-rate multipliers to `scale` (an unreplicated state)."""
+  """Sets every player's learning-rate multiplier to `scale` (an unreplicated state)."""
 
   def scaled(player: TrainState) -> TrainState:
     adam, scale_state = player.opt_state
@@ -88,12 +107,17 @@ def with_learning_rate_scale(state: GANState, scale: float) -> GANState:
     hyperparams["step_size"] = jnp.asarray(scale, old.dtype)
     return player.replace(opt_state=(adam, scale_state._replace(hyperparams=hyperparams)))
 
-  return state.replace(g=scaled(state.g), d=scaled(state.d))
+  return state.replace(**{name: scaled(getattr(state, name)) for name in state.players})
 
 
 def data_key(rng: jax.Array) -> jax.Array:
   """The key of the data order, kept apart from the keys of the training step."""
   return jax.random.fold_in(rng, 0x0DA7A)
+
+
+def labelled_key(rng: jax.Array) -> jax.Array:
+  """The key of the labelled subset's order (semi-supervised methods)."""
+  return jax.random.fold_in(rng, 0x1ABE1)
 
 
 def create(

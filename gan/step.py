@@ -91,16 +91,10 @@ def update_ratio(new: Any, old: Any) -> jax.Array:
   return optax.tree.norm(delta) / (optax.tree.norm(old) + 1e-12)
 
 
-# Metrics that must be finite for a step to be applied (see `guard_nonfinite`); the
-# update ratios cover parameters that an update made non-finite (e.g. a NaN rate).
-_FINITE_KEYS = (
-    "d/loss",
-    "d/grad_norm",
-    "g/loss",
-    "g/grad_norm",
-    "d/update_ratio",
-    "g/update_ratio",
-)
+# Metrics that must be finite for a step to be applied (see `finish_step`): every
+# player's losses, gradient norms and update ratios (the ratios catch parameters that
+# an update made non-finite, e.g. with a NaN learning rate).
+_FINITE_SUFFIXES = ("/loss", "/grad_norm", "/update_ratio")
 
 
 def _d_metrics(loss, real: jax.Array, fake: jax.Array, grads: Any) -> Metrics:
@@ -190,22 +184,35 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     new_state = state.replace(step=state.step + 1, g=g, d=d, g_ema=g_ema, data_perm=perm)
     metrics = {f"d/{k}": v for k, v in d_metrics.items()}
     metrics |= {f"g/{k}": v for k, v in g_metrics.items()}
-    if cfg.health_signals:
-      metrics["d/update_ratio"] = update_ratio(d.params, state.d.params)
-      metrics["g/update_ratio"] = update_ratio(g.params, state.g.params)
-    metrics = lax.pmean(metrics, AXIS)  # identical on every device from here on
-    if not (cfg.health_signals or cfg.guard_nonfinite):
-      return new_state, metrics
-    finite = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in _FINITE_KEYS if k in metrics]))
-    metrics["health/finite"] = finite.astype(jnp.float32)
-    if cfg.guard_nonfinite:
-      # A step with a non-finite loss or gradient is dropped whole (only the step
-      # counter advances), so NaN/inf never reaches the parameters or optimizer state.
-      kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-      new_state = kept.replace(step=new_state.step)
-    return new_state, metrics
+    return finish_step(cfg, state, new_state, metrics)
 
   return train_step
+
+
+def finish_step(
+    cfg: StepConfig, state: GANState, new_state: GANState, metrics: Metrics
+) -> tuple[GANState, Metrics]:
+  """The common end of every method's step: health signals, device-averaged metrics, guard.
+
+  Adds the players' update ratios, averages the metrics over the devices and,
+  with `cfg.guard_nonfinite`, drops the whole update of a step whose losses,
+  gradient norms or updates are not finite (only the step counter advances),
+  so NaN/inf never reaches the parameters or the optimizer state.
+  """
+  if cfg.health_signals:
+    for name in state.players:
+      old, new = getattr(state, name).params, getattr(new_state, name).params
+      metrics[f"{name}/update_ratio"] = update_ratio(new, old)
+  metrics = lax.pmean(metrics, AXIS)  # identical on every device from here on
+  if not (cfg.health_signals or cfg.guard_nonfinite):
+    return new_state, metrics
+  checked = [k for k in metrics if k.endswith(_FINITE_SUFFIXES)]
+  finite = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in checked]))
+  metrics["health/finite"] = finite.astype(jnp.float32)
+  if cfg.guard_nonfinite:
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    new_state = kept.replace(step=new_state.step)
+  return new_state, metrics
 
 
 def pmap_step(train_step: StepFn, devices: list[jax.Device] | None = None) -> StepFn:

@@ -24,10 +24,11 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from gan import data as data_lib
-from gan import distributed, health, models, runs, toy2d, writers
+from gan import distributed, health, models, runs, semi, toy2d, writers
 from gan import state as state_lib
 from gan import step as step_lib
 from gan.evaluation import evaluators as evaluators_lib
+from gan.evaluation import views as views_lib
 from gan.utils import ConfigError, check_batch, check_workdir, every
 
 
@@ -73,7 +74,8 @@ class Run:
     if local_batch % pack:
       raise ConfigError(f"the per-device batch {local_batch} is not divisible by pack={pack}")
     # Names in the config are checked before the (slow) data loading.
-    step_config = step_lib.StepConfig.from_config(config)
+    self.method = semi.get(config)  # None: a plain GAN
+    step_config = (self.method or step_lib).StepConfig.from_config(config)
     self.G, self.D = models.build(config.model, axis_name=step_lib.AXIS)
     split = data_lib.load(config.dataset, config.train_split, config.data_dir)
     logging.info("Data: %d examples from %s", split.num_examples, split.source)
@@ -87,7 +89,13 @@ class Run:
           f"images per batch; the split has {split.num_examples}"
       )
     self.example_shape = data_lib.example_shape(config.dataset, split)
-    self.num_examples = split.num_examples
+    self.split = split
+    arrays = split.arrays()
+    self.labels_info, self.num_labelled = None, 0
+    if self.method:  # the labelled subset, tiled to a batch, rides along with the data
+      labelled, self.labels_info = semi.labelled_data(config, split, self.workdir, self.primary)
+      arrays |= labelled
+      self.num_labelled = len(labelled["labelled_label"])
     self.state = self.initial_state()
     self.evaluators = evaluators_lib.build(config)
     self.checkpointer = runs.checkpointer(self.workdir, config)
@@ -97,7 +105,7 @@ class Run:
     if resume >= 0:
       self.state = self.checkpointer.restore(self.state, step=resume)
       print(f"{_prefix()}Resuming from step {int(self.state.step)} in {self.workdir}", flush=True)
-    self.data = replicate(split.arrays(), self.devices)
+    self.data = replicate(arrays, self.devices)
     # The health monitor's probe: a fixed real batch and fixed latents, scored at log steps.
     probe = min(64, config.batch_size)
     _, batch = data_lib.batch_fn(config.dataset)(
@@ -112,14 +120,21 @@ class Run:
     z_shape = (probe, config.model.z_dim)
     self.probe_z = jax.random.normal(jax.random.PRNGKey(config.seed + 3), z_shape)
     self.diversity = health.make_diversity_fn(self.G, self.D)
-    self.train_step = step_lib.pmap_step(step_lib.make_train_step(step_config, self.G, self.D))
+    make_step = (self.method or step_lib).make_train_step
+    self.train_step = step_lib.pmap_step(make_step(step_config, self.G, self.D))
     self.sample = step_lib.make_sample_fn(self.G)
     self.fixed_z = jax.random.normal(
         jax.random.PRNGKey(config.seed + 1), (config.num_samples, config.model.z_dim)
     )
 
   def initial_state(self) -> state_lib.GANState:
-    return state_lib.create(self.config, self.G, self.D, self.example_shape, self.num_examples)
+    if self.method:
+      return self.method.create_state(
+          self.config, self.G, self.D, self.split.image, self.num_labelled
+      )
+    return state_lib.create(
+        self.config, self.G, self.D, self.example_shape, self.split.num_examples
+    )
 
   def save_samples(self, state: state_lib.GANState) -> str:
     outputs = np.asarray(self.sample(state.g, state.g_ema, self.fixed_z))
@@ -129,14 +144,32 @@ class Run:
     return writers.save_image_grid(outputs, path)
 
   def evaluate(self, state: state_lib.GANState, names: list[str]) -> dict[str, Any]:
-    """Runs the named evaluators on the EMA generator; appends records to evals.jsonl."""
-    generator = evaluators_lib.Generator(self.G, state, self.config.model.z_dim)
-    results = {name: self.evaluators[name].run(generator) for name in names}
+    """Runs the named evaluators on the EMA generator (or classifier); appends to evals.jsonl."""
+    step = int(state.step)
+    views = {"generator": lambda: evaluators_lib.Generator(self.G, state, self.config.model.z_dim)}
+    if self.method:
+      views["classifier"] = lambda: views_lib.Classifier(
+          *self.method.classifier(self.D, state), step, "ema"
+      )
+    results = {}
+    for name in names:
+      evaluator = self.evaluators[name]
+      results[name] = evaluator.run(views[getattr(evaluator, "target", "generator")]())
     if not self.primary:  # every process evaluates (same numbers); process 0 writes
       return results
     with open(os.path.join(self.workdir, "evals.jsonl"), "a") as f:
-      f.write(json.dumps({"step": generator.step, **evaluators_lib.as_json(results)}) + "\n")
+      f.write(json.dumps({"step": step, **evaluators_lib.as_json(results)}) + "\n")
     return results
+
+  def eval_extra(self, results: dict[str, Any]) -> dict[str, Any]:
+    """Top-level eval.json entries of a semi-supervised run: its test error and label subset."""
+    if not self.method:
+      return {}
+    extra = {"labels": self.labels_info}
+    for result in results.values():
+      if "test_error" in result.metrics:
+        extra["test_error"] = result.metrics["test_error"]
+    return extra
 
 
 def _prefix() -> str:
@@ -234,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       run.checkpointer.save(state, config, eval_metrics)
       monitor.save()
     if (is_last or stopping) and results is not None and run.primary:
-      runs.write_eval_json(run.workdir, results_step, "final", results)
+      runs.write_eval_json(run.workdir, results_step, "final", results, run.eval_extra(results))
     if stopping:
       if run.primary:
         bar.write(f"step {step}: stopping ({action}); best checkpoint: {monitor.best_note()}")

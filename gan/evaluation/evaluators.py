@@ -16,58 +16,19 @@ so a number here can be reproduced from the .npz by anyone.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
-import jax
 import ml_collections
 import numpy as np
 
 from gan import data as data_lib
 from gan import toy2d, writers
-from gan.evaluation import classifiers, inception, metrics
+from gan.evaluation import classifiers, inception, metrics, test_error
+from gan.evaluation.views import Generator, Result
 from gan.utils import ConfigError
-
-
-@dataclasses.dataclass(frozen=True)
-class Result:
-  metrics: dict[str, float]
-  protocol: dict[str, Any]
-
-
-class Generator:
-  """A generator ready to sample: EMA (default) or raw parameters, inference mode."""
-
-  def __init__(self, module: nn.Module, state: Any, z_dim: int, use_ema: bool = True):
-    """`state` is a GANState or the raw dict a checkpoint restores to without a target."""
-    g = _field(state, "g")
-    params = _field(state, "g_ema") if use_ema else _field(g, "params")
-    batch_stats = _field(g, "batch_stats")
-    self.variables = {"params": params} | ({"batch_stats": batch_stats} if batch_stats else {})
-    self.step = int(np.asarray(_field(state, "step")))
-    self.z_dim = z_dim
-    self.kind = "ema" if use_ema else "raw"
-    if use_ema and batch_stats:
-      # The EMA weights run with the raw generator's running batch-norm statistics.
-      self.kind = "ema (batch-norm statistics of the raw generator)"
-    self._apply = jax.jit(lambda v, z: module.apply(v, z, train=False))
-
-  def outputs(self, num: int, seed: int, batch_size: int = 500) -> np.ndarray:
-    """`num` generator outputs (float32) for latents drawn from PRNGKey(seed)."""
-    key = jax.random.PRNGKey(seed)
-    out = []
-    for start in range(0, num, batch_size):
-      z = jax.random.normal(jax.random.fold_in(key, start), (batch_size, self.z_dim))
-      out.append(np.asarray(self._apply(self.variables, z)))
-    return np.concatenate(out)[:num]
-
-
-def _field(tree: Any, name: str) -> Any:
-  return tree[name] if isinstance(tree, Mapping) else getattr(tree, name)
 
 
 def _class_histogram(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -354,12 +315,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "toy2d": dict(every=1000, num_samples=2500, seed=0),
     "stacked_mnist": dict(every=5000, num_samples=26_000, arch="mnist_cnn", seed=0),
+    "test_error": dict(every=1000, split="test", batch_size=1000),
 }
 EVALUATORS = {
     "classifier": ClassifierEvaluator,
     "inception": InceptionEvaluator,
     "toy2d": Toy2DEvaluator,
     "stacked_mnist": StackedMnistEvaluator,
+    "test_error": test_error.TestErrorEvaluator,
 }
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from gan.models import dcgan, mlp
+from gan.models import dcgan, improved_gan, mlp
 from gan.utils import ConfigError
 
 GENERATORS: dict[str, type[nn.Module]] = {
     "dcgan28": dcgan.Generator28,
     "mlp": mlp.MLPGenerator,
+    "improved_gan": improved_gan.ImprovedGANGenerator,
 }
 DISCRIMINATORS: dict[str, type[nn.Module]] = {
     "dcgan28": dcgan.Discriminator28,
     "mlp": mlp.MLPDiscriminator,
+    "improved_gan": improved_gan.ImprovedGANDiscriminator,
 }
 
 

@@ -39,8 +39,8 @@ def hash_uint32(counter: jax.Array, seed: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
-def keep_mask(seed: jax.Array, shape: tuple[int, ...], rate: float, offset: jax.Array | int = 0):
-  """Boolean keep-mask with P(keep) = 1 - rate for a batch starting at example `offset`."""
+def element_index(shape: tuple[int, ...], offset: jax.Array | int = 0) -> jax.Array:
+  """Each element's flat index in the global batch, for a local batch starting at `offset`."""
   per_example = 1
   for d in shape[1:]:
     per_example *= d
@@ -50,8 +50,22 @@ def keep_mask(seed: jax.Array, shape: tuple[int, ...], rate: float, offset: jax.
   for axis in range(1, len(shape)):
     stride //= shape[axis]
     index = index + lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+  return index
+
+
+def keep_mask(seed: jax.Array, shape: tuple[int, ...], rate: float, offset: jax.Array | int = 0):
+  """Boolean keep-mask with P(keep) = 1 - rate for a batch starting at example `offset`."""
   threshold = jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))
-  return hash_uint32(index, seed) >= threshold
+  return hash_uint32(element_index(shape, offset), seed) >= threshold
+
+
+def normal(seed: jax.Array, shape: tuple[int, ...], offset: jax.Array | int = 0) -> jax.Array:
+  """Standard-normal float32 noise from the same hash (Box-Muller on two uniform draws)."""
+  index = element_index(shape, offset)
+  scale = jnp.float32(2.0**-32)
+  u1 = (hash_uint32(index, seed).astype(jnp.float32) + 0.5) * scale  # in (0, 1)
+  u2 = hash_uint32(index, seed ^ jnp.uint32(0x5BD1E995)).astype(jnp.float32) * scale
+  return jnp.sqrt(-2.0 * jnp.log(u1)) * jnp.cos(2.0 * jnp.pi * u2)
 
 
 class Dropout(nn.Module):

@@ -1,0 +1,49 @@
+"""The test error of a semi-supervised run's classifier (`gan.semi`), on a held-out split.
+
+Declared like the other evaluators (`config.evals.classifier =
+evaluators.settings("test_error", every=500)`); it looks at the run's
+classifier (EMA parameters, inference mode: no noise, no dropout) instead of
+its generator. The split (default "test") is never used for training or for
+choosing the labelled subset; the metrics are `test_error` and
+`test_accuracy` (fractions) and the protocol stamp names the split, its size
+and the classifier's parameters.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from gan import data as data_lib
+from gan.evaluation.views import Classifier, Result
+
+
+class TestErrorEvaluator:
+  """Error rate of the run's classifier on `cfg.split` of the training dataset."""
+
+  target = "classifier"  # what the loop hands to `run` (a views.Classifier)
+
+  def __init__(self, name: str, cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
+    self.name, self.cfg = name, cfg
+    split = data_lib.load(config.dataset, cfg.split, config.data_dir)
+    self.images, self.labels, self.source = split.image, split.label, split.source
+
+  @property
+  def every(self) -> int:
+    return self.cfg.every
+
+  def run(self, classifier: Classifier) -> Result:
+    predicted = np.argmax(classifier.logits(self.images, self.cfg.batch_size), axis=1)
+    errors = int(np.count_nonzero(predicted != self.labels))
+    values = {
+        "test_error": errors / len(self.labels),
+        "test_accuracy": 1.0 - errors / len(self.labels),
+        "test_errors": errors,
+    }
+    protocol = {
+        "split": self.source,
+        "num_examples": int(len(self.labels)),
+        "classifier": classifier.kind,
+        "step": classifier.step,
+    }
+    return Result(values, protocol)

@@ -1,0 +1,68 @@
+"""What evaluators look at: a run's generator or its classifier, in inference mode.
+
+`Result` is what every evaluator returns: flat scalar metrics and the
+protocol stamp that says how they were measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  metrics: dict[str, float]
+  protocol: dict[str, Any]
+
+
+class Generator:
+  """A generator ready to sample: EMA (default) or raw parameters, inference mode."""
+
+  def __init__(self, module: nn.Module, state: Any, z_dim: int, use_ema: bool = True):
+    """`state` is a GANState or the raw dict a checkpoint restores to without a target."""
+    g = _field(state, "g")
+    params = _field(state, "g_ema") if use_ema else _field(g, "params")
+    batch_stats = _field(g, "batch_stats")
+    self.variables = {"params": params} | ({"batch_stats": batch_stats} if batch_stats else {})
+    self.step = int(np.asarray(_field(state, "step")))
+    self.z_dim = z_dim
+    self.kind = "ema" if use_ema else "raw"
+    if use_ema and batch_stats:
+      # The EMA weights run with the raw generator's running batch-norm statistics.
+      self.kind = "ema (batch-norm statistics of the raw generator)"
+    self._apply = jax.jit(lambda v, z: module.apply(v, z, train=False))
+
+  def outputs(self, num: int, seed: int, batch_size: int = 500) -> np.ndarray:
+    """`num` generator outputs (float32) for latents drawn from PRNGKey(seed)."""
+    key = jax.random.PRNGKey(seed)
+    out = []
+    for start in range(0, num, batch_size):
+      z = jax.random.normal(jax.random.fold_in(key, start), (batch_size, self.z_dim))
+      out.append(np.asarray(self._apply(self.variables, z)))
+    return np.concatenate(out)[:num]
+
+
+def _field(tree: Any, name: str) -> Any:
+  return tree[name] if isinstance(tree, Mapping) else getattr(tree, name)
+
+
+class Classifier:
+  """A semi-supervised run's classifier (`gan.semi`), EMA parameters, inference mode."""
+
+  def __init__(self, apply: Callable[..., jax.Array], variables: Any, step: int, kind: str):
+    self._apply = jax.jit(apply)
+    self.variables, self.step, self.kind = variables, step, kind
+
+  def logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Class logits of uint8 images, scaled to [-1, 1] as in training."""
+    out = []
+    for start in range(0, len(images), batch_size):
+      x = np.asarray(images[start : start + batch_size], np.float32) * (2.0 / 255.0) - 1.0
+      out.append(np.asarray(self._apply(self.variables, x)))
+    return np.concatenate(out)

@@ -1,0 +1,80 @@
+"""Networks of the semi-supervised methods.
+
+Improved-GAN's permutation-invariant MNIST pair (Salimans et al. 2016, Sec. 5.1
+and their public code):
+
+  G: z (100) -> Dense 500 (no bias) -> BN (no scale) -> softplus
+       -> Dense 500 (no bias) -> BN (no scale) -> softplus
+       -> weight-normalised Dense 784 -> sigmoid
+  D: Gaussian noise 0.3 on the input -> weight-normalised Dense 1000, 500, 250,
+       250, 250, each ReLU then Gaussian noise 0.5 -> weight-normalised Dense 10
+
+The paper draws z uniformly from [0, 1]^100. The codebase's latents are
+standard normal everywhere (samples, evaluators), so the generator maps them
+through the normal CDF first: Phi(z) is exactly uniform on [0, 1]. Images
+stay in the codebase's [-1, 1] range outside the networks: G returns
+2 sigmoid - 1 and D looks at (x + 1) / 2, so inside, both see the paper's
+[0, 1] pixels. D's hidden layers initialise their weight-norm scales and
+biases from the init batch and keep the scales fixed, the output layer learns
+its scale (as in the paper's code); D `sow`s its last hidden layer
+("intermediates"/"features"): the feature-matching target and the health
+monitor's diversity space.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from gan.models.weight_norm import GaussianNoise, WNDense
+
+
+class ImprovedGANGenerator(nn.Module):
+  """z (B, z_dim), standard normal -> images (B, 28, 28, 1) in [-1, 1]."""
+
+  widths: tuple[int, ...] = (500, 500)
+  image_shape: tuple[int, int, int] = (28, 28, 1)
+  axis_name: str | None = None  # batch-norm statistics are averaged over this axis
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool) -> jax.Array:
+    x = jax.scipy.stats.norm.cdf(z)  # uniform on [0, 1]^z_dim, as in the paper
+    for width in self.widths:
+      x = nn.Dense(width, use_bias=False)(x)
+      x = nn.BatchNorm(
+          use_running_average=not train,
+          use_scale=False,
+          momentum=0.9,
+          epsilon=1e-4,
+          axis_name=self.axis_name if train else None,
+      )(x)
+      x = nn.softplus(x)
+    size = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+    x = nn.sigmoid(WNDense(size, data_init=False)(x))
+    return (2.0 * x - 1.0).reshape(z.shape[0], *self.image_shape)
+
+
+class ImprovedGANDiscriminator(nn.Module):
+  """Images (B, ...) in [-1, 1] -> logits (B, num_classes) of the K real classes.
+
+  The fake class's logit is fixed at 0, so D(x) = Z / (Z + 1) with
+  Z = sum_k exp(logit_k): `gan.semi.improved_gan` reads D's real/fake logit
+  as logsumexp(logits).
+  """
+
+  widths: tuple[int, ...] = (1000, 500, 250, 250, 250)
+  num_classes: int = 10
+  input_noise: float = 0.3
+  hidden_noise: float = 0.5
+  axis_name: str | None = None  # the noise is keyed by the example's index along this axis
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = (x.reshape(x.shape[0], -1) + 1.0) / 2.0
+    x = GaussianNoise(self.input_noise, self.axis_name)(x, train)
+    for width in self.widths:
+      x = nn.relu(WNDense(width, train_scale=False)(x))
+      features = x
+      x = GaussianNoise(self.hidden_noise, self.axis_name)(x, train)
+    self.sow("intermediates", "features", features)
+    return WNDense(self.num_classes, train_scale=True)(x)

@@ -1,0 +1,79 @@
+"""Semi-supervised methods, chosen by `config.method`: a classifier learns from few labels.
+
+  gan            (default) an unconditional GAN, no labels (`gan.step`)
+  improved_gan   Salimans et al. 2016: D is a K+1-class classifier (`gan.semi.improved_gan`)
+
+A method module provides `StepConfig.from_config(config)`,
+`make_train_step(cfg, G, D)`, `create_state(config, G, D, images,
+num_labelled)` and `classifier(D, state)`. The training loop adds the
+labelled subset to the data on the devices (`labelled_data`) and measures the
+classifier on the test split with the "test_error" evaluator. Settings live in
+`config.semi` (`defaults()`).
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from gan import data as data_lib
+from gan.semi import improved_gan, labels
+from gan.utils import ConfigError
+
+METHODS: dict[str, ModuleType] = {"improved_gan": improved_gan}
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """The default `config.semi`."""
+  return ml_collections.ConfigDict(
+      {
+          "labels_per_class": 10,
+          # The labelled subset's seed; None: config.seed (so seeds vary the subset too).
+          "label_seed": ml_collections.config_dict.placeholder(int),
+          "unlabelled_weight": 1.0,
+          "classifier_ema_decay": 0.999,
+          "init_batch": 500,  # images for the data-dependent initialisation
+      }
+  )
+
+
+def get(config: ml_collections.ConfigDict) -> ModuleType | None:
+  """The method module of `config.method`, or None for a plain GAN."""
+  name = config.get("method", "gan")
+  if name == "gan":
+    return None
+  if name not in METHODS:
+    raise ConfigError(f"unknown method {name!r}; choose 'gan' or one of {sorted(METHODS)}")
+  return METHODS[name]
+
+
+def label_seed(config: ml_collections.ConfigDict) -> int:
+  seed = config.semi.get("label_seed")
+  return config.seed if seed is None else int(seed)
+
+
+def labelled_data(
+    config: ml_collections.ConfigDict, split: data_lib.Split, workdir: str, write: bool
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """The labelled subset as device arrays, and a description of it for eval.json.
+
+  The subset (`config.semi.labels_per_class` per class, from `label_seed`) is
+  read from or written to `workdir/labelled.json`. It is tiled to at least one
+  global batch, so a step can always draw a full labelled batch; each epoch of
+  the tiled set shows every labelled example equally often.
+  """
+  per_class, seed = config.semi.labels_per_class, label_seed(config)
+  indices = labels.load_or_choose(workdir, split.label, per_class, seed, split.source, write)
+  tiled = np.tile(indices, math.ceil(config.batch_size / len(indices)))
+  arrays = {"labelled_image": split.image[tiled], "labelled_label": split.label[tiled]}
+  info = {
+      "seed": seed,
+      "per_class": per_class,
+      "num_labelled": len(indices),
+      "file": labels.FILENAME,
+  }
+  return arrays, info

@@ -1,0 +1,165 @@
+"""Semi-supervised methods: label subsets, weight norm, Improved-GAN's losses and step."""
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import mnist_improved_gan
+from gan import models, semi
+from gan import step as step_lib
+from gan.models import dropout
+from gan.models.weight_norm import GaussianNoise, WNDense
+from gan.semi import improved_gan, labels
+from gan.train import replicate, unreplicate
+from gan.utils import ConfigError
+
+
+def _labels(n=1000, classes=10, seed=0):
+  return np.random.default_rng(seed).integers(0, classes, n).astype(np.int32)
+
+
+def test_label_subset_is_balanced_seeded_and_disjoint_from_nothing_else():
+  y = _labels()
+  a = labels.choose(y, 10, seed=1)
+  assert len(a) == 100 and len(np.unique(a)) == 100
+  np.testing.assert_array_equal(np.bincount(y[a], minlength=10), np.full(10, 10))
+  np.testing.assert_array_equal(a, labels.choose(y, 10, seed=1))  # same seed, same subset
+  assert len(np.intersect1d(a, labels.choose(y, 10, seed=2))) < 50  # another seed, another
+  with pytest.raises(ConfigError):
+    labels.choose(np.zeros(5, np.int32), 10, seed=0)
+
+
+def test_label_subset_is_saved_and_checked_on_resume(tmp_path):
+  y = _labels()
+  first = labels.load_or_choose(str(tmp_path), y, 5, seed=3, source="train")
+  saved = json.loads((tmp_path / labels.FILENAME).read_text())
+  assert saved["seed"] == 3 and saved["labels"] == y[first].tolist()
+  np.testing.assert_array_equal(labels.load_or_choose(str(tmp_path), y, 5, 3, "train"), first)
+  with pytest.raises(ConfigError, match="new workdir"):
+    labels.load_or_choose(str(tmp_path), y, 5, seed=4, source="train")
+  with pytest.raises(ConfigError, match="does not match"):
+    labels.load_or_choose(str(tmp_path), (y + 1) % 10, 5, seed=3, source="train")
+  other = tmp_path / "other"
+  labels.load_or_choose(str(other), y, 5, seed=3, source="train", write=False)
+  assert not other.exists()
+
+
+def test_weight_norm_data_dependent_init_standardises_the_first_batch():
+  x = jax.random.normal(jax.random.PRNGKey(0), (256, 20)) * 3.0 + 1.0
+  layer = WNDense(7, init_scale=1.0)
+  params = layer.init(jax.random.PRNGKey(1), x)["params"]
+  y = layer.apply({"params": params}, x)
+  np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(y.std(0), 1.0, rtol=1e-4)
+  # The weight is g * v / ||v||: rescaling v changes nothing.
+  scaled = {**params, "kernel": params["kernel"] * 5.0}
+  np.testing.assert_allclose(layer.apply({"params": scaled}, x), y, rtol=1e-5, atol=1e-5)
+
+
+def test_gaussian_noise_is_standard_normal_and_off_in_inference():
+  noise = GaussianNoise(0.5)
+  x = jnp.zeros((2000, 50))
+  y = noise.apply({}, x, train=True, rngs={"noise": jax.random.PRNGKey(0)})
+  assert abs(float(y.mean())) < 0.01 and abs(float(y.std()) - 0.5) < 0.01
+  np.testing.assert_array_equal(noise.apply({}, x, train=False), x)
+  z = np.asarray(dropout.normal(jnp.uint32(3), (500, 200)))
+  assert abs(np.mean(z**4) - 3.0) < 0.1  # Gaussian kurtosis
+
+
+def test_improved_gan_losses_against_hand_computed_values():
+  logits = jnp.array([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+  labels_ = jnp.array([1, 0])
+  # Cross-entropy by hand: -log softmax(l)_y.
+  ce = [np.log(np.exp(1) + np.exp(2) + 1) - 2.0, np.log(2 + np.exp(3)) - 0.0]
+  np.testing.assert_allclose(improved_gan.supervised_loss(logits, labels_), np.mean(ce), rtol=1e-6)
+  # D(x) = Z / (Z + 1), Z = sum exp(l): the unsupervised loss is
+  # -1/2 E log D(x_real) - 1/2 E log(1 - D(x_fake)).
+  real, fake = logits, jnp.array([[-1.0, -2.0, -3.0], [0.5, 0.0, -0.5]])
+  z_real = np.exp(np.asarray(real)).sum(1)
+  z_fake = np.exp(np.asarray(fake)).sum(1)
+  expected = -0.5 * np.mean(np.log(z_real / (z_real + 1))) - 0.5 * np.mean(
+      np.log(1 - z_fake / (z_fake + 1))
+  )
+  np.testing.assert_allclose(improved_gan.unsupervised_loss(real, fake), expected, rtol=1e-6)
+  # Feature matching: mean over features of the squared difference of batch means.
+  f_real = jnp.array([[1.0, 2.0], [3.0, 4.0]])  # means (2, 3)
+  f_fake = jnp.array([[0.0, 0.0], [2.0, 0.0]])  # means (1, 0)
+  np.testing.assert_allclose(improved_gan.feature_matching_loss(f_real, f_fake), (1 + 9) / 2)
+
+
+def _setup(config, n=200):
+  G, D = models.build(config.model, axis_name=step_lib.AXIS)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+  y = rng.integers(0, 10, n).astype(np.int32)
+  subset = labels.choose(y, config.semi.labels_per_class, seed=0)
+  data = {"image": images, "label": y, "labelled_image": images[subset]}
+  data["labelled_label"] = y[subset]
+  state = improved_gan.create_state(config, G, D, images, len(subset))
+  return G, D, data, state
+
+
+def _run(config, num_devices, num_steps=3):
+  G, D, data, state = _setup(config)
+  devices = jax.devices()[:num_devices]
+  fn = improved_gan.make_train_step(improved_gan.StepConfig.from_config(config), G, D)
+  p_step = step_lib.pmap_step(fn, devices)
+  p_state, p_data = replicate(state, devices), replicate(data, devices)
+  history = []
+  for _ in range(num_steps):
+    p_state, metrics = p_step(p_state, p_data)
+    history.append(jax.device_get(unreplicate(metrics)))
+  return state, jax.device_get(unreplicate(p_state)), history
+
+
+@pytest.mark.parametrize("num_devices", [2, 4])
+def test_improved_gan_step_is_the_same_on_several_devices(num_devices):
+  config = mnist_improved_gan.get_config("smoke")
+  init, single, single_metrics = _run(config, 1)
+  _, multi, multi_metrics = _run(config, num_devices)
+  for name in ("g", "d"):  # every player and its EMA moved, identically
+    assert not np.allclose(
+        jax.tree.leaves(getattr(init, name).params)[0],
+        jax.tree.leaves(getattr(multi, name).params)[0],
+    )
+    chex.assert_trees_all_close(
+        getattr(single, name).params, getattr(multi, name).params, rtol=1e-4, atol=2e-5
+    )
+  chex.assert_trees_all_close(single.c_ema, multi.c_ema, rtol=1e-4, atol=2e-5)
+  chex.assert_trees_all_close(single.g.batch_stats, multi.g.batch_stats, rtol=1e-4, atol=2e-5)
+  np.testing.assert_array_equal(single.labelled_perm, multi.labelled_perm)
+  assert not np.allclose(jax.tree.leaves(init.c_ema)[0], jax.tree.leaves(multi.c_ema)[0])
+  for s, m in zip(single_metrics, multi_metrics, strict=True):
+    chex.assert_trees_all_close(s, m, rtol=1e-4, atol=1e-5)
+  assert {"d/loss_sup", "d/loss_unsup", "d/train_acc", "g/loss", "health/finite"} <= set(m)
+
+
+def test_unknown_method_is_a_config_error():
+  config = mnist_improved_gan.get_config("smoke")
+  config.method = "quadruple_gan"
+  with pytest.raises(ConfigError, match="unknown method"):
+    semi.get(config)
+
+
+def test_improved_gan_run_reports_test_error_and_resumes(tmp_path):
+  from gan import train  # noqa: PLC0415  (loads data)
+
+  config = mnist_improved_gan.get_config("smoke")
+  config.num_steps, config.checkpoint_every = 10, 5
+  config.evals.classifier.every = 5
+  train.train_and_evaluate(config, str(tmp_path))
+  result = json.loads((tmp_path / "eval.json").read_text())
+  assert result["step"] == 10 and 0.0 <= result["test_error"] <= 1.0
+  expected = {"seed": 0, "per_class": 2, "num_labelled": 20, "file": "labelled.json"}
+  assert result["labels"] == expected
+  assert result["classifier"]["protocol"]["num_examples"] > 0
+  assert (tmp_path / "labelled.json").exists()
+  config.num_steps = 15
+  final = train.train_and_evaluate(config, str(tmp_path))
+  assert int(final.step) == 15 and final.c_ema is not None
+  records = [json.loads(line) for line in (tmp_path / "evals.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [5, 10, 15]
