@@ -32,7 +32,13 @@ to `workdir/events.jsonl`, logs it, and carries out the action:
   log        only record it;
   rollback   restore the last checkpoint saved before the trouble began and
              scale both learning rates by `remedy_lr_factor` (at most
-             `max_rollbacks` times in a run; then the action becomes `stop`);
+             `max_rollbacks` times in a run; then the action becomes `stop`).
+             After `remedy_steps` steps without an event one remedy is undone
+             (the rates go back up by 1 / `remedy_lr_factor`, at most to where
+             they started), as dynamic loss scaling backs off on an overflow
+             and grows again after a run of good steps (Micikevicius et al.
+             2018): a transient fault does not slow the rest of the run,
+             a lasting one fires again;
   early_stop / stop
              end the run; the best checkpoint by the tracked metric is kept.
 
@@ -72,6 +78,7 @@ def defaults() -> ml_collections.ConfigDict:
           # steps: a freshly initialised G makes near-identical images and D wins briefly.
           "warmup_steps": 200,
           "remedy_lr_factor": 0.5,
+          "remedy_steps": 1000,  # quiet steps before one remedy is undone; 0: never
           "discriminator_wins": {
               "acc": 0.95,
               "g_grad_drop": 0.1,
@@ -164,7 +171,8 @@ class Monitor:
     self.best: float | None = None
     self.evals_since_best = 0
     self.rollbacks = 0
-    self.lr_scale = 1.0  # product of the remedies applied so far
+    self.lr_scale = 1.0  # product of the remedies in force
+    self.quiet_since = 0  # the step of the last event, or the step a rollback went back to
 
   # --- persistence -----------------------------------------------------------------------
 
@@ -175,6 +183,7 @@ class Monitor:
         "evals_since_best": self.evals_since_best,
         "rollbacks": self.rollbacks,
         "lr_scale": self.lr_scale,
+        "quiet_since": self.quiet_since,
     }
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -183,6 +192,7 @@ class Monitor:
     self.evals_since_best = int(state.get("evals_since_best", 0))
     self.rollbacks = int(state.get("rollbacks", 0))
     self.lr_scale = float(state.get("lr_scale", 1.0))
+    self.quiet_since = int(state.get("quiet_since", 0))
 
   def reset_windows(self) -> None:
     """Forgets the recent records (after a rollback), so a recurring failure fires again."""
@@ -220,6 +230,7 @@ class Monitor:
 
   def _event(self, name: str, step: int, evidence: dict, message: str, since: int) -> Event:
     action = self.config[name].action
+    self.quiet_since = step
     if action == "rollback":
       if self.rollbacks >= self.config.max_rollbacks:
         action = "stop"
@@ -227,6 +238,15 @@ class Monitor:
       else:
         self.rollbacks += 1
     return Event(step, name, evidence, action, message, since)
+
+  def recovered(self, step: int) -> float | None:
+    """The raised learning-rate scale if one remedy is now undone (see `rollback`), else None."""
+    steps = self.config.remedy_steps
+    if self.lr_scale >= 1.0 or steps <= 0 or step - self.quiet_since < steps:
+      return None
+    self.lr_scale = min(1.0, self.lr_scale / self.config.remedy_lr_factor)
+    self.quiet_since = step
+    return self.lr_scale
 
   def observe(self, step: int, metrics: dict[str, float]) -> list[Event]:
     """Feeds one log step's training metrics; returns the events that fired."""

@@ -77,6 +77,9 @@ class Run:
     self.method = semi.get(config)  # None: a plain GAN
     step_config = (self.method or step_lib).StepConfig.from_config(config)
     self.G, self.D = models.build(config.model, axis_name=step_lib.AXIS)
+    self.C = models.build_classifier(config.model, axis_name=step_lib.AXIS)
+    if self.method is semi.triple_gan and self.C is None:
+      raise ConfigError("method 'triple_gan' needs config.model.classifier")
     split = data_lib.load(config.dataset, config.train_split, config.data_dir)
     logging.info("Data: %d examples from %s", split.num_examples, split.source)
     per_example = data_lib.STACKED.get(config.dataset, (None, 1))[1]
@@ -120,8 +123,11 @@ class Run:
     z_shape = (probe, config.model.z_dim)
     self.probe_z = jax.random.normal(jax.random.PRNGKey(config.seed + 3), z_shape)
     self.diversity = health.make_diversity_fn(self.G, self.D)
-    make_step = (self.method or step_lib).make_train_step
-    self.train_step = step_lib.pmap_step(make_step(step_config, self.G, self.D))
+    if self.method:
+      train_step = self.method.make_train_step(step_config, self.G, self.D, self.C)
+    else:
+      train_step = step_lib.make_train_step(step_config, self.G, self.D)
+    self.train_step = step_lib.pmap_step(train_step)
     self.sample = step_lib.make_sample_fn(self.G)
     self.fixed_z = jax.random.normal(
         jax.random.PRNGKey(config.seed + 1), (config.num_samples, config.model.z_dim)
@@ -130,7 +136,7 @@ class Run:
   def initial_state(self) -> state_lib.GANState:
     if self.method:
       return self.method.create_state(
-          self.config, self.G, self.D, self.split.image, self.num_labelled
+          self.config, self.G, self.D, self.C, self.split.image, self.num_labelled
       )
     return state_lib.create(
         self.config, self.G, self.D, self.example_shape, self.split.num_examples
@@ -149,7 +155,7 @@ class Run:
     views = {"generator": lambda: evaluators_lib.Generator(self.G, state, self.config.model.z_dim)}
     if self.method:
       views["classifier"] = lambda: views_lib.Classifier(
-          *self.method.classifier(self.D, state), step, "ema"
+          *self.method.classifier(self.D, self.C, state), step, "ema"
       )
     results = {}
     for name in names:
@@ -272,6 +278,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       if run.primary:
         bar.write(f"step {step}: stopping ({action}); best checkpoint: {monitor.best_note()}")
       break
+    if action == "log" and monitor.enabled and (scale := monitor.recovered(step)) is not None:
+      state = state_lib.with_learning_rate_scale(jax.device_get(unreplicate(p_state)), scale)
+      p_state, p_metrics = replicate(state, run.devices), None
     if action == "rollback":
       p_state = replicate(monitor.rollback(events), run.devices)
       step = int(jax.device_get(unreplicate(p_state.step)))
@@ -345,6 +354,7 @@ class _HealthMonitor:
       state = self.run.checkpointer.restore(state, step=max(steps))
     self.run.checkpointer.delete_after(int(state.step))
     self.monitor.reset_windows()
+    self.monitor.quiet_since = int(state.step)
     state = state_lib.with_learning_rate_scale(state, self.monitor.lr_scale)
     message = (
         f"health: rolled back to step {int(state.step)}; learning rates x{self.monitor.lr_scale:g}"
@@ -354,6 +364,17 @@ class _HealthMonitor:
       self.bar.write(message)
     self.save()
     return state
+
+  def recovered(self, step: int) -> float | None:
+    """The new learning-rate scale when a remedy is undone after a quiet spell (logged)."""
+    scale = self.monitor.recovered(step)
+    if scale is not None:
+      message = f"health: step {step}: quiet for a while; learning rates back to x{scale:g}"
+      logging.warning("%s", message)
+      if self.run.primary and self.bar is not None:
+        self.bar.write(message)
+      self.save()
+    return scale
 
   def inject_fault(self, state: state_lib.GANState) -> state_lib.GANState:
     """Multiplies both learning rates by the configured factor, once per run."""

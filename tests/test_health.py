@@ -100,6 +100,20 @@ def test_rollbacks_are_bounded_then_the_run_stops():
   assert actions == ["rollback", "rollback", "stop"]
 
 
+def test_a_remedy_is_undone_after_quiet_steps():
+  monitor = _monitor(remedy_steps=100)
+  monitor.lr_scale, monitor.quiet_since = 0.25, 500  # two rollbacks, the last back to 500
+  assert monitor.recovered(599) is None
+  assert monitor.recovered(600) == 0.5
+  assert monitor.recovered(650) is None  # the next step up needs another quiet spell
+  monitor._event("divergence", 680, {}, "again", since=660)  # any event restarts the clock
+  assert monitor.recovered(700) is None and monitor.recovered(780) == 1.0
+  assert monitor.recovered(10_000) is None  # never above the starting rates
+  permanent = _monitor(remedy_steps=0)
+  permanent.lr_scale = 0.5
+  assert permanent.recovered(10**6) is None
+
+
 def test_plateau_early_stops_after_patience_evaluations():
   monitor = _monitor(plateau={"patience": 2})
   fired = [monitor.observe_eval(s, {"m/fcd": v}) for s, v in enumerate([5.0, 4.0, 4.5, 4.1])]
@@ -165,6 +179,7 @@ def test_the_matching_detector_fires_on_each_broken_run(variant, expected, tmp_p
   config.checkpoint_every = config.sample_every = 100
   if variant.endswith("spike"):
     config.inject_fault.step = 150
+    config.health.remedy_steps = 100  # the halved rates come back 100 quiet steps later
   final = train.train_and_evaluate(config, str(tmp_path))
   events = health.read_events(str(tmp_path))
   assert {e["detector"] for e in events} == expected, events
@@ -178,7 +193,7 @@ def test_the_matching_detector_fires_on_each_broken_run(variant, expected, tmp_p
     assert [e["action"] for e in events] == ["rollback"]
     assert events[0]["step"] <= 170  # the step-150 fault is seen within two log records
     assert int(final.step) == 300
-    assert state_lib.learning_rate_scales(final) == {"g": 0.5, "d": 0.5}
+    assert state_lib.learning_rate_scales(final) == {"g": 1.0, "d": 1.0}
     with open(tmp_path / "health.json") as f:
       assert json.load(f)["fault_injected"]
     with open(tmp_path / "metrics.jsonl") as f:
