@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import mnist_improved_gan
+from experiments import mnist_improved_gan, mnist_triple_gan
 from gan import models, semi
 from gan import step as step_lib
 from gan.models import dropout
 from gan.models.weight_norm import GaussianNoise, WNDense
-from gan.semi import improved_gan, labels
+from gan.semi import improved_gan, labels, triple_gan
 from gan.train import replicate, unreplicate
 from gan.utils import ConfigError
 
@@ -91,22 +91,55 @@ def test_improved_gan_losses_against_hand_computed_values():
   np.testing.assert_allclose(improved_gan.feature_matching_loss(f_real, f_fake), (1 + 9) / 2)
 
 
+def test_triple_gan_losses_against_hand_computed_values():
+  sp = lambda x: np.log1p(np.exp(x))  # noqa: E731  softplus: -log sigmoid(-x)
+  real, classified, generated = jnp.array([2.0, -1.0]), jnp.array([0.5]), jnp.array([-3.0, 1.0])
+  # -E log D(real) - alpha E log(1 - D(classified)) - (1 - alpha) E log(1 - D(generated))
+  expected = np.mean(sp(-np.array([2.0, -1.0]))) + 0.25 * sp(0.5)
+  expected += 0.75 * np.mean(sp(np.array([-3.0, 1.0])))
+  np.testing.assert_allclose(
+      triple_gan.discriminator_loss(real, classified, generated, 0.25), expected, rtol=1e-6
+  )
+  # The score-function surrogate: alpha * mean((log(1 - D) - baseline) * log C(y | x)).
+  logits = jnp.array([[0.0, 0.0], [1.0, 0.0]])
+  sampled, d_logits = jnp.array([0, 1]), jnp.array([-2.0, 2.0])  # D rejects pair 0, accepts 1
+  cost = -sp(np.array([-2.0, 2.0]))
+  log_prob = np.array([np.log(0.5), -np.log1p(np.e)])
+  expected = 0.5 * np.mean((cost - cost.mean()) * log_prob)
+  np.testing.assert_allclose(
+      triple_gan.classifier_adversarial_loss(logits, sampled, d_logits, 0.5), expected, rtol=1e-6
+  )
+  grad = jax.grad(lambda x: triple_gan.classifier_adversarial_loss(x, sampled, d_logits, 0.5))(
+      logits
+  )
+  # Descent lowers C(0 | x_0) (the pair D rejected) and raises C(1 | x_1) (the one it accepted).
+  assert grad[0, 0] > 0 and grad[1, 1] < 0
+  np.testing.assert_allclose(
+      triple_gan.cross_entropy(logits, jnp.array([1, 0])),
+      np.mean([np.log(2.0), np.log1p(np.e) - 1.0]),
+      rtol=1e-6,
+  )
+
+
 def _setup(config, n=200):
   G, D = models.build(config.model, axis_name=step_lib.AXIS)
+  C = models.build_classifier(config.model, axis_name=step_lib.AXIS)
+  method = semi.get(config)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
   y = rng.integers(0, 10, n).astype(np.int32)
   subset = labels.choose(y, config.semi.labels_per_class, seed=0)
   data = {"image": images, "label": y, "labelled_image": images[subset]}
   data["labelled_label"] = y[subset]
-  state = improved_gan.create_state(config, G, D, images, len(subset))
-  return G, D, data, state
+  state = method.create_state(config, G, D, C, images, len(subset))
+  return G, D, C, data, state
 
 
 def _run(config, num_devices, num_steps=3):
-  G, D, data, state = _setup(config)
+  G, D, C, data, state = _setup(config)
   devices = jax.devices()[:num_devices]
-  fn = improved_gan.make_train_step(improved_gan.StepConfig.from_config(config), G, D)
+  method = semi.get(config)
+  fn = method.make_train_step(method.StepConfig.from_config(config), G, D, C)
   p_step = step_lib.pmap_step(fn, devices)
   p_state, p_data = replicate(state, devices), replicate(data, devices)
   history = []
@@ -116,12 +149,16 @@ def _run(config, num_devices, num_steps=3):
   return state, jax.device_get(unreplicate(p_state)), history
 
 
-@pytest.mark.parametrize("num_devices", [2, 4])
-def test_improved_gan_step_is_the_same_on_several_devices(num_devices):
-  config = mnist_improved_gan.get_config("smoke")
+@pytest.mark.parametrize(
+    "experiment, num_devices",
+    [(mnist_improved_gan, 2), (mnist_improved_gan, 4), (mnist_triple_gan, 2)],
+)
+def test_semi_supervised_step_is_the_same_on_several_devices(experiment, num_devices):
+  config = experiment.get_config("smoke")
+  config.semi.pseudo_start_step = 1  # all of Triple-GAN's terms active by the second step
   init, single, single_metrics = _run(config, 1)
   _, multi, multi_metrics = _run(config, num_devices)
-  for name in ("g", "d"):  # every player and its EMA moved, identically
+  for name in multi.players:  # every player and the classifier's EMA moved, identically
     assert not np.allclose(
         jax.tree.leaves(getattr(init, name).params)[0],
         jax.tree.leaves(getattr(multi, name).params)[0],
@@ -135,7 +172,13 @@ def test_improved_gan_step_is_the_same_on_several_devices(num_devices):
   assert not np.allclose(jax.tree.leaves(init.c_ema)[0], jax.tree.leaves(multi.c_ema)[0])
   for s, m in zip(single_metrics, multi_metrics, strict=True):
     chex.assert_trees_all_close(s, m, rtol=1e-4, atol=1e-5)
-  assert {"d/loss_sup", "d/loss_unsup", "d/train_acc", "g/loss", "health/finite"} <= set(m)
+  if experiment is mnist_triple_gan:
+    chex.assert_trees_all_close(single.c.batch_stats, multi.c.batch_stats, rtol=1e-4, atol=2e-5)
+    assert {"c/loss_sup", "c/loss_adv", "c/loss_pseudo", "c/update_ratio"} <= set(m)
+    assert m["c/pseudo_weight"] == config.semi.alpha_p
+  else:
+    assert {"d/loss_sup", "d/loss_unsup", "d/train_acc"} <= set(m)
+  assert {"g/loss", "d/update_ratio", "health/finite"} <= set(m)
 
 
 def test_unknown_method_is_a_config_error():

@@ -1,23 +1,27 @@
-"""Model registry: experiment configs choose generator and discriminator by name."""
+"""Model registry: experiment configs choose generator, discriminator (and classifier) by name."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import ml_collections
 
-from gan.models import dcgan, improved_gan, mlp
+from gan.models import dcgan, improved_gan, mlp, triple_gan
 from gan.utils import ConfigError
 
 GENERATORS: dict[str, type[nn.Module]] = {
     "dcgan28": dcgan.Generator28,
     "mlp": mlp.MLPGenerator,
     "improved_gan": improved_gan.ImprovedGANGenerator,
+    "triple_gan": triple_gan.ConditionalGenerator,
 }
 DISCRIMINATORS: dict[str, type[nn.Module]] = {
     "dcgan28": dcgan.Discriminator28,
     "mlp": mlp.MLPDiscriminator,
     "improved_gan": improved_gan.ImprovedGANDiscriminator,
+    "triple_gan": triple_gan.ConditionalDiscriminator,
 }
+# The third player of semi-supervised methods that have one (Triple-GAN).
+CLASSIFIERS: dict[str, type[nn.Module]] = {"cnn28": triple_gan.CNNClassifier}
 
 
 def _lookup(registry: dict[str, type[nn.Module]], name: str, kind: str) -> type[nn.Module]:
@@ -31,3 +35,11 @@ def build(model: ml_collections.ConfigDict, axis_name: str | None) -> tuple[nn.M
   G = _lookup(GENERATORS, model.generator, "generator")
   D = _lookup(DISCRIMINATORS, model.discriminator, "discriminator")
   return G(axis_name=axis_name, **model.g), D(axis_name=axis_name, **model.d)
+
+
+def build_classifier(model: ml_collections.ConfigDict, axis_name: str | None) -> nn.Module | None:
+  """The classifier module of `config.model.classifier`, or None if the config names none."""
+  if not model.get("classifier"):
+    return None
+  C = _lookup(CLASSIFIERS, model.classifier, "classifier")
+  return C(axis_name=axis_name, **model.get("c", {}))

@@ -2,13 +2,15 @@
 
   gan            (default) an unconditional GAN, no labels (`gan.step`)
   improved_gan   Salimans et al. 2016: D is a K+1-class classifier (`gan.semi.improved_gan`)
+  triple_gan     Li et al. 2017: classifier C, conditional G and pair discriminator D
+                 (`gan.semi.triple_gan`; C is `config.model.classifier`)
 
 A method module provides `StepConfig.from_config(config)`,
-`make_train_step(cfg, G, D)`, `create_state(config, G, D, images,
-num_labelled)` and `classifier(D, state)`. The training loop adds the
-labelled subset to the data on the devices (`labelled_data`) and measures the
-classifier on the test split with the "test_error" evaluator. Settings live in
-`config.semi` (`defaults()`).
+`make_train_step(cfg, G, D, C)`, `create_state(config, G, D, C, images,
+num_labelled)` and `classifier(D, C, state)` (C is None without a third
+player). The training loop adds the labelled subset to the data on the
+devices (`labelled_data`) and measures the classifier on the test split with
+the "test_error" evaluator. Settings live in `config.semi` (`defaults()`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import ml_collections
 import numpy as np
 
 from gan import data as data_lib
-from gan.semi import improved_gan, labels
+from gan.semi import improved_gan, labels, triple_gan
 from gan.utils import ConfigError
 
-METHODS: dict[str, ModuleType] = {"improved_gan": improved_gan}
+METHODS: dict[str, ModuleType] = {"improved_gan": improved_gan, "triple_gan": triple_gan}
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -37,6 +39,12 @@ def defaults() -> ml_collections.ConfigDict:
           "unlabelled_weight": 1.0,
           "classifier_ema_decay": 0.999,
           "init_batch": 500,  # images for the data-dependent initialisation
+          "num_classes": 10,
+          # Triple-GAN: D's weight on classifier-labelled pairs (1 - alpha on generated
+          # ones), and the pseudo-label term R_P's weight and first step.
+          "alpha": 0.5,
+          "alpha_p": 0.1,
+          "pseudo_start_step": 0,
       }
   )
 

@@ -98,8 +98,11 @@ def _uniform_examples(key: jax.Array, data: dict[str, jax.Array], local_batch: i
   return data["image"][index].astype(jnp.float32) * (2.0 / 255.0) - 1.0
 
 
-def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> step_lib.StepFn:
-  """The per-device Improved-GAN step (wrap with `gan.step.pmap_step`)."""
+def make_train_step(
+    cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module | None = None
+) -> step_lib.StepFn:
+  """The per-device Improved-GAN step (wrap with `gan.step.pmap_step`); D is the classifier."""
+  del C
 
   def discriminate(params: Any, x: jax.Array, key: jax.Array):
     logits, mutated = D.apply(
@@ -203,6 +206,7 @@ def create_state(
     config: ml_collections.ConfigDict,
     G: nn.Module,
     D: nn.Module,
+    C: nn.Module | None,
     images: np.ndarray,
     num_labelled: int,
 ) -> GANState:
@@ -210,6 +214,7 @@ def create_state(
 
   `images` is the uint8 training split; `num_labelled` the (tiled) labelled set's size.
   """
+  del C  # D is the classifier
   rng = jax.random.PRNGKey(config.seed)
   g_key, d_key, noise_key, init_key = jax.random.split(jax.random.fold_in(rng, 0x1417), 4)
   z = jax.random.normal(init_key, (config.semi.init_batch, config.model.z_dim))
@@ -245,6 +250,7 @@ def create_state(
   )
 
 
-def classifier(D: nn.Module, state: Any) -> tuple[Any, dict[str, Any]]:
+def classifier(D: nn.Module, C: nn.Module | None, state: Any) -> tuple[Any, dict[str, Any]]:
   """(apply, variables) of the EMA classifier: D's K logits, noise off."""
+  del C
   return (lambda variables, x: D.apply(variables, x, train=False)), {"params": state.c_ema}

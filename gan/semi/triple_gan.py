@@ -1,0 +1,296 @@
+"""Triple-GAN (Li et al. 2017): a classifier, a conditional generator and a pair discriminator.
+
+Three players share one compiled step. C(y | x) labels images, G(z, y) draws
+images of a label, D(x, y) judges image-label pairs. With a labelled batch
+(x_l, y_l), an unlabelled batch x_u with labels y_c ~ C(. | x_u) drawn from
+the classifier, and generated pairs (G(z, y_g), y_g) with balanced y_g:
+
+  L_D = E[-log D(x_l, y_l)] + alpha E[-log(1 - D(x_u, y_c))]
+        + (1 - alpha) E[-log(1 - D(G(z, y_g), y_g))]
+  L_C = E[-log C(y_l | x_l)]                                        (R_L)
+        + alpha E[(log(1 - D(x_u, y_c)) - b) log C(y_c | x_u)]      (adversarial)
+        + alpha_P [step >= pseudo_start] E[-log C(y_g | G(z, y_g))]  (R_P)
+  L_G = E[-log D(G(z, y_g), y_g)]
+
+C's adversarial term is the score-function (REINFORCE) gradient of
+alpha E_{y ~ C(.|x)}[log(1 - D(x, y))], the paper's term, because y is
+discrete; b, the batch mean of log(1 - D), is a baseline that lowers the
+variance without changing the expected gradient. G uses the non-saturating
+form of its term (its 1 - alpha factor is dropped: Adam is invariant to a
+constant scale). The updates run D, then C and G against the new D, then
+the EMAs of G (samples) and C (the classifier whose test error is reported).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax import lax
+
+from gan import data as data_lib
+from gan import state as state_lib
+from gan import step as step_lib
+from gan.state import GANState, TrainState
+
+
+def discriminator_loss(
+    real: jax.Array, classified: jax.Array, generated: jax.Array, alpha: float
+) -> jax.Array:
+  """L_D from D's logits on labelled, classifier-labelled and generated pairs."""
+  return (
+      jnp.mean(jax.nn.softplus(-real))
+      + alpha * jnp.mean(jax.nn.softplus(classified))
+      + (1.0 - alpha) * jnp.mean(jax.nn.softplus(generated))
+  )
+
+
+def classifier_adversarial_loss(
+    logits: jax.Array, sampled: jax.Array, d_logits: jax.Array, alpha: float, axis_name=None
+) -> jax.Array:
+  """The score-function surrogate of alpha E_{y ~ C}[log(1 - D(x, y))], with a batch baseline.
+
+  `logits` are C's on the unlabelled batch, `sampled` the labels drawn from
+  them, `d_logits` D's on those pairs. Its gradient with respect to C is the
+  REINFORCE estimate; its value is not the term itself.
+  """
+  cost = lax.stop_gradient(-jax.nn.softplus(d_logits))  # log(1 - D(x, y)): C lowers it
+  baseline = jnp.mean(cost)
+  if axis_name is not None:
+    baseline = lax.pmean(baseline, axis_name)
+  log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), sampled[:, None], axis=1)[:, 0]
+  return alpha * jnp.mean((cost - baseline) * log_prob)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """The static settings of a Triple-GAN step."""
+
+  global_batch: int
+  z_dim: int
+  num_classes: int
+  ema_decay: float
+  classifier_ema_decay: float
+  alpha: float
+  alpha_p: float
+  pseudo_start: int
+  health_signals: bool = True
+  guard_nonfinite: bool = True
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
+    health = config.get("health", {})
+    return cls(
+        global_batch=config.batch_size,
+        z_dim=config.model.z_dim,
+        num_classes=config.semi.num_classes,
+        ema_decay=config.ema_decay,
+        classifier_ema_decay=config.semi.classifier_ema_decay,
+        alpha=config.semi.alpha,
+        alpha_p=config.semi.alpha_p,
+        pseudo_start=config.semi.pseudo_start_step,
+        health_signals=health.get("enabled", True),
+        guard_nonfinite=health.get("guard_nonfinite", True),
+    )
+
+
+def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
+  """The per-device Triple-GAN step (wrap with `gan.step.pmap_step`)."""
+
+  def generate(g: TrainState, params: Any, z: jax.Array, y: jax.Array):
+    fake, mutated = G.apply(g.variables(params), z, train=True, y=y, mutable=["batch_stats"])
+    return fake, mutated["batch_stats"]
+
+  def discriminate(params: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> jax.Array:
+    return D.apply({"params": params}, x, train=True, y=y, rngs={"noise": key})
+
+  def classify(c: TrainState, params: Any, x: jax.Array, key: jax.Array):
+    logits, mutated = C.apply(
+        c.variables(params), x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+    )
+    return logits, mutated["batch_stats"]
+
+  def train_step(state: GANState, data: dict[str, jax.Array]) -> tuple[GANState, step_lib.Metrics]:
+    local_batch = cfg.global_batch // lax.axis_size(step_lib.AXIS)
+    step_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x57E9), state.step)
+    keys = iter(jax.random.split(step_key, 16))
+    perm, unlabelled = data_lib.next_batch(
+        {"image": data["image"], "label": data["label"]},
+        state.data_perm,
+        state_lib.data_key(state.rng),
+        state.step,
+        cfg.global_batch,
+        step_lib.AXIS,
+    )
+    labelled_perm, labelled = data_lib.next_batch(
+        {"image": data["labelled_image"], "label": data["labelled_label"]},
+        state.labelled_perm,
+        state_lib.labelled_key(state.rng),
+        state.step,
+        cfg.global_batch,
+        step_lib.AXIS,
+    )
+    g, d, c = state.g, state.d, state.c
+    x_l, y_l, x_u = labelled["image"], labelled["label"], unlabelled["image"]
+    ids = step_lib.global_example_ids(local_batch)
+    y_g = ids % cfg.num_classes  # balanced labels for the generated pairs
+    z = step_lib.sample_z(next(keys), local_batch, cfg.z_dim)
+    fake = lax.stop_gradient(generate(g, g.params, z, y_g)[0])
+    c_logits_u, _ = classify(c, c.params, x_u, next(keys))
+    sample_key = next(keys)
+    y_c = jax.vmap(lambda i, x: jax.random.categorical(jax.random.fold_in(sample_key, i), x))(
+        ids, lax.stop_gradient(c_logits_u)
+    )  # example i's label depends on its index in the global batch only
+
+    # D: labelled pairs are real; classifier-labelled and generated pairs are fake.
+    d_keys = [next(keys) for _ in range(3)]
+
+    def d_loss_fn(params):
+      real = discriminate(params, x_l, y_l, d_keys[0])
+      classified = discriminate(params, x_u, y_c, d_keys[1])
+      generated = discriminate(params, fake, y_g, d_keys[2])
+      loss = discriminator_loss(real, classified, generated, cfg.alpha)
+      return loss, (real, classified, generated)
+
+    (d_loss, (real, classified, generated)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+        d.params
+    )
+    d_grads = lax.pmean(d_grads, step_lib.AXIS)
+    d = d.apply_gradients(grads=d_grads)
+
+    # C: supervised, adversarial (against the new D) and, once switched on, pseudo-labels.
+    d_on_classified = discriminate(d.params, x_u, y_c, next(keys))
+    c_keys = [next(keys) for _ in range(3)]
+    pseudo_weight = jnp.where(state.step >= cfg.pseudo_start, cfg.alpha_p, 0.0)
+
+    def c_loss_fn(params):
+      logits_l, _ = classify(c, params, x_l, c_keys[0])
+      logits_u, batch_stats = classify(c, params, x_u, c_keys[1])
+      logits_g, _ = classify(c, params, fake, c_keys[2])
+      sup = cross_entropy(logits_l, y_l)
+      adv = classifier_adversarial_loss(logits_u, y_c, d_on_classified, cfg.alpha, step_lib.AXIS)
+      pseudo = cross_entropy(logits_g, y_g)
+      loss = sup + adv + pseudo_weight * pseudo
+      return loss, (batch_stats, sup, adv, pseudo, logits_l, logits_u)
+
+    (c_loss, c_aux), c_grads = jax.value_and_grad(c_loss_fn, has_aux=True)(c.params)
+    c_batch_stats, sup, adv, pseudo, logits_l, logits_u = c_aux
+    c_grads = lax.pmean(c_grads, step_lib.AXIS)
+    c = c.apply_gradients(grads=c_grads, batch_stats=c_batch_stats)
+
+    # G: non-saturating, against the new D.
+    g_z, g_key = step_lib.sample_z(next(keys), local_batch, cfg.z_dim), next(keys)
+
+    def g_loss_fn(params):
+      images, batch_stats = generate(g, params, g_z, y_g)
+      logits = discriminate(d.params, images, y_g, g_key)
+      return jnp.mean(jax.nn.softplus(-logits)), (batch_stats, logits)
+
+    (g_loss, (g_batch_stats, g_logits)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+        g.params
+    )
+    g_grads = lax.pmean(g_grads, step_lib.AXIS)
+    g = g.apply_gradients(grads=g_grads, batch_stats=g_batch_stats)
+
+    ema = lambda avg, new, decay: jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), avg, new)  # noqa: E731
+    new_state = state.replace(
+        step=state.step + 1,
+        g=g,
+        d=d,
+        c=c,
+        g_ema=ema(state.g_ema, g.params, step_lib.ema_decay_at(state.step, cfg.ema_decay)),
+        c_ema=ema(
+            state.c_ema, c.params, step_lib.ema_decay_at(state.step, cfg.classifier_ema_decay)
+        ),
+        data_perm=perm,
+        labelled_perm=labelled_perm,
+    )
+    metrics = {
+        "d/loss": d_loss,
+        "d/real_acc": jnp.mean(real > 0),
+        "d/fake_acc": jnp.mean(generated < 0),
+        "d/classified_acc": jnp.mean(classified < 0),
+        "d/real_logit": jnp.mean(real),
+        "d/fake_logit": jnp.mean(generated),
+        "d/real_prob": jnp.mean(jax.nn.sigmoid(real)),
+        "d/fake_prob": jnp.mean(jax.nn.sigmoid(generated)),
+        "d/grad_norm": optax.tree.norm(d_grads),
+        "c/loss": c_loss,
+        "c/loss_sup": sup,
+        "c/loss_adv": adv,
+        "c/loss_pseudo": pseudo,
+        "c/pseudo_weight": pseudo_weight,
+        "c/train_acc": jnp.mean(jnp.argmax(logits_l, -1) == y_l),
+        # The unlabelled batch's true labels are used for this number only (monitoring).
+        "c/unlabelled_acc": jnp.mean(jnp.argmax(logits_u, -1) == unlabelled["label"]),
+        "c/grad_norm": optax.tree.norm(c_grads),
+        "g/loss": g_loss,
+        "g/grad_norm": optax.tree.norm(g_grads),
+        "g/fake_logit": jnp.mean(g_logits),
+    }
+    return step_lib.finish_step(cfg, state, new_state, metrics)
+
+  return train_step
+
+
+def create_state(
+    config: ml_collections.ConfigDict,
+    G: nn.Module,
+    D: nn.Module,
+    C: nn.Module,
+    images: np.ndarray,
+    num_labelled: int,
+) -> GANState:
+  """Initialises the three players; D's weight norm from a batch of training images."""
+  rng = jax.random.PRNGKey(config.seed)
+  keys = jax.random.split(jax.random.fold_in(rng, 0x1417), 6)
+  n, num_classes = config.semi.init_batch, config.semi.num_classes
+  z = jax.random.normal(keys[0], (n, config.model.z_dim))
+  y = jax.random.randint(keys[1], (n,), 0, num_classes)
+  index = np.sort(np.random.default_rng(config.seed).choice(len(images), n, replace=False))
+  x = jnp.asarray(images[index], jnp.float32) * (2.0 / 255.0) - 1.0
+  g_vars = G.init(keys[2], z, train=False, y=y)
+  # Outside the mapped step there is no device axis: initialise copies without one.
+  d_vars = D.clone(axis_name=None).init({"params": keys[3], "noise": keys[4]}, x, True, y=y)
+  c_vars = C.clone(axis_name=None).init(keys[5], x, train=False)
+
+  def player(module, variables, optim, steps):
+    return TrainState.create(
+        apply_fn=module.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=state_lib.make_optimizer(optim, steps),
+    )
+
+  g = player(G, g_vars, config.optim.g, config.num_steps)
+  c = player(C, c_vars, config.optim.c, config.num_steps)
+  return GANState(
+      step=jnp.zeros((), jnp.int32),
+      g=g,
+      d=player(D, d_vars, config.optim.d, config.num_steps),
+      g_ema=jax.tree.map(jnp.copy, g.params),
+      rng=rng,
+      data_perm=data_lib.epoch_permutation(state_lib.data_key(rng), jnp.int32(0), len(images)),
+      c=c,
+      c_ema=jax.tree.map(jnp.copy, c.params),
+      labelled_perm=data_lib.epoch_permutation(
+          state_lib.labelled_key(rng), jnp.int32(0), num_labelled
+      ),
+  )
+
+
+def classifier(D: nn.Module, C: nn.Module, state: Any) -> tuple[Any, dict[str, Any]]:
+  """(apply, variables) of the EMA classifier (with the raw classifier's running BN statistics)."""
+  del D
+  variables = {"params": state.c_ema, "batch_stats": state.c.batch_stats}
+  return (lambda v, x: C.apply(v, x, train=False)), variables
