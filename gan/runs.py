@@ -14,8 +14,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from gan import checkpoint, models, toy2d, writers
-from gan.evaluation import evaluators
+from gan import checkpoint, models, semi, toy2d, writers
+from gan.evaluation import evaluators, views
+from gan.semi import labels
 from gan.utils import ConfigError
 
 
@@ -58,18 +59,44 @@ def resolve_step(ckpt: checkpoint.Checkpointer, which: str) -> int:
   return int(which)
 
 
-def load_generator(
-    workdir: str, which: str = "latest", use_ema: bool = True
-) -> tuple[evaluators.Generator, ml_collections.ConfigDict]:
-  """The generator of checkpoint `which` in `workdir`, and the run's config."""
+def _restore(workdir: str, which: str) -> tuple[Any, ml_collections.ConfigDict]:
+  """The state of checkpoint `which` in `workdir` (as restored: nested dicts), and the config."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config = load_config(workdir)
   ckpt = checkpointer(workdir, config)
   step = resolve_step(ckpt, which)
   state = ckpt.restore(None, step)
   ckpt.close()
+  return state, config
+
+
+def load_generator(
+    workdir: str, which: str = "latest", use_ema: bool = True
+) -> tuple[evaluators.Generator, ml_collections.ConfigDict]:
+  """The generator of checkpoint `which` in `workdir`, and the run's config."""
+  state, config = _restore(workdir, which)
   G, _ = models.build(config.model, axis_name=None)
   return evaluators.Generator(G, state, config.model.z_dim, use_ema), config
+
+
+def _views(state: Any, config: ml_collections.ConfigDict, use_ema: bool) -> dict[str, Any]:
+  """What the evaluators look at: the generator, and a semi-supervised run's classifier."""
+  G, D = models.build(config.model, axis_name=None)
+  generator = evaluators.Generator(G, state, config.model.z_dim, use_ema)
+  found = {"generator": generator}
+  method = semi.get(config)
+  if method:
+    C = models.build_classifier(config.model, axis_name=None)
+    found["classifier"] = views.Classifier(*method.classifier(D, C, state), generator.step, "ema")
+  return found
+
+
+def _labels_info(workdir: str) -> dict[str, Any]:
+  """eval.json's description of a semi-supervised run's labelled subset."""
+  with open(os.path.join(workdir, labels.FILENAME)) as f:
+    saved = json.load(f)
+  keys = ("seed", "per_class", "num_labelled")
+  return {k: saved[k] for k in keys} | {"file": labels.FILENAME}
 
 
 def write_eval_json(
@@ -100,7 +127,8 @@ def evaluate(
   default ones of its dataset (`evaluators.default_evals`); `with_inception`
   adds an "inception" evaluator (FID etc.) with its default settings.
   """
-  generator, config = load_generator(workdir, which, use_ema=not raw)
+  state, config = _restore(workdir, which)
+  found = _views(state, config, use_ema=not raw)
   evals = config.get("evals") or evaluators.default_evals(config.dataset)
   evals = ml_collections.ConfigDict(evals if isinstance(evals, dict) else evals.to_dict())
   if with_inception and config.dataset in toy2d.MIXTURES:
@@ -112,8 +140,16 @@ def evaluate(
       cfg.num_samples = num_samples
   with config.unlocked():
     config.evals = evals
-  results = evaluators.run_all(evaluators.build(config), generator)
-  path = write_eval_json(os.path.abspath(workdir), generator.step, which, results)
+  results = {
+      name: evaluator.run(found[getattr(evaluator, "target", "generator")])
+      for name, evaluator in evaluators.build(config).items()
+  }
+  extra = {}
+  if "classifier" in found:
+    extra["labels"] = _labels_info(os.path.abspath(os.path.expanduser(workdir)))
+    extra |= {k: r.metrics[k] for r in results.values() for k in ("test_error",) if k in r.metrics}
+  step = found["generator"].step
+  path = write_eval_json(os.path.abspath(workdir), step, which, results, extra)
   with open(path) as f:
     return json.load(f)
 

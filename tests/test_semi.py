@@ -206,3 +206,14 @@ def test_improved_gan_run_reports_test_error_and_resumes(tmp_path):
   assert int(final.step) == 15 and final.c_ema is not None
   records = [json.loads(line) for line in (tmp_path / "evals.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == [5, 10, 15]
+
+
+def test_evaluate_cli_reproduces_the_runs_test_error(tmp_path):
+  from gan import runs, train  # noqa: PLC0415  (loads data)
+
+  config = mnist_triple_gan.get_config("smoke")
+  config.num_steps = 6
+  train.train_and_evaluate(config, str(tmp_path))
+  during = json.loads((tmp_path / "eval.json").read_text())
+  after = runs.evaluate(str(tmp_path))
+  assert after["test_error"] == during["test_error"] and after["labels"] == during["labels"]

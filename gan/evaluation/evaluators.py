@@ -360,10 +360,6 @@ def default_evals(dataset: str) -> dict[str, ml_collections.ConfigDict]:
   raise ConfigError(f"no default evaluators for dataset {dataset!r}; add config.evals")
 
 
-def run_all(evaluators: Mapping[str, Any], generator: Generator) -> dict[str, Result]:
-  return {name: evaluator.run(generator) for name, evaluator in evaluators.items()}
-
-
 def flatten(results: Mapping[str, Result]) -> dict[str, float]:
   """`<eval name>/<metric>` scalars, for metrics.jsonl and checkpoint ranking."""
   return {f"{name}/{k}": v for name, r in results.items() for k, v in r.metrics.items()}

@@ -26,11 +26,11 @@ class Generator:
 
   def __init__(self, module: nn.Module, state: Any, z_dim: int, use_ema: bool = True):
     """`state` is a GANState or the raw dict a checkpoint restores to without a target."""
-    g = _field(state, "g")
-    params = _field(state, "g_ema") if use_ema else _field(g, "params")
-    batch_stats = _field(g, "batch_stats")
+    g = field(state, "g")
+    params = field(state, "g_ema") if use_ema else field(g, "params")
+    batch_stats = field(g, "batch_stats")
     self.variables = {"params": params} | ({"batch_stats": batch_stats} if batch_stats else {})
-    self.step = int(np.asarray(_field(state, "step")))
+    self.step = int(np.asarray(field(state, "step")))
     self.z_dim = z_dim
     self.kind = "ema" if use_ema else "raw"
     if use_ema and batch_stats:
@@ -48,7 +48,8 @@ class Generator:
     return np.concatenate(out)[:num]
 
 
-def _field(tree: Any, name: str) -> Any:
+def field(tree: Any, name: str) -> Any:
+  """`tree.name` of a state object, or `tree[name]` of the dict a checkpoint restores to."""
   return tree[name] if isinstance(tree, Mapping) else getattr(tree, name)
 
 

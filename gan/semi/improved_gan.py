@@ -39,6 +39,7 @@ from jax import lax
 from gan import data as data_lib
 from gan import state as state_lib
 from gan import step as step_lib
+from gan.evaluation import views
 from gan.state import GANState, TrainState
 
 
@@ -253,4 +254,6 @@ def create_state(
 def classifier(D: nn.Module, C: nn.Module | None, state: Any) -> tuple[Any, dict[str, Any]]:
   """(apply, variables) of the EMA classifier: D's K logits, noise off."""
   del C
-  return (lambda variables, x: D.apply(variables, x, train=False)), {"params": state.c_ema}
+  return (lambda variables, x: D.apply(variables, x, train=False)), {
+      "params": views.field(state, "c_ema")
+  }

@@ -37,6 +37,7 @@ from jax import lax
 from gan import data as data_lib
 from gan import state as state_lib
 from gan import step as step_lib
+from gan.evaluation import views
 from gan.state import GANState, TrainState
 
 
@@ -292,5 +293,6 @@ def create_state(
 def classifier(D: nn.Module, C: nn.Module, state: Any) -> tuple[Any, dict[str, Any]]:
   """(apply, variables) of the EMA classifier (with the raw classifier's running BN statistics)."""
   del D
-  variables = {"params": state.c_ema, "batch_stats": state.c.batch_stats}
+  c_ema, c = views.field(state, "c_ema"), views.field(state, "c")
+  variables = {"params": c_ema, "batch_stats": views.field(c, "batch_stats")}
   return (lambda v, x: C.apply(v, x, train=False)), variables
