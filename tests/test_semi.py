@@ -217,3 +217,22 @@ def test_evaluate_cli_reproduces_the_runs_test_error(tmp_path):
   during = json.loads((tmp_path / "eval.json").read_text())
   after = runs.evaluate(str(tmp_path))
   assert after["test_error"] == during["test_error"] and after["labels"] == during["labels"]
+
+
+def test_seed_runner_reports_mean_and_std_over_label_subsets(tmp_path):
+  from gan import seeds  # noqa: PLC0415
+
+  config = mnist_improved_gan.get_config("smoke")
+  config.num_steps = 4
+  summary = seeds.run_seeds(config, str(tmp_path), [0, 1], "test_error")
+  values = [json.loads((tmp_path / f"seed_{s}" / "eval.json").read_text()) for s in (0, 1)]
+  errors = [v["test_error"] for v in values]
+  assert summary["values"] == {"0": errors[0], "1": errors[1]} and summary["n"] == 2
+  np.testing.assert_allclose(summary["mean"], np.mean(errors))
+  np.testing.assert_allclose(summary["std"], np.std(errors, ddof=1))
+  assert json.loads((tmp_path / "seeds.json").read_text()) == summary
+  subsets = [json.loads((tmp_path / f"seed_{s}" / "labelled.json").read_text()) for s in (0, 1)]
+  assert subsets[0]["indices"] != subsets[1]["indices"]  # each seed its own labelled subset
+  assert seeds.read_metric({"a": {"b": 2.0}}, "a/b") == 2.0
+  with pytest.raises(ConfigError):
+    seeds.read_metric(values[0], "nothing")

@@ -1,0 +1,101 @@
+"""Command line: one experiment over several seeds, reported as mean +- std.
+
+  python -m gan.seeds --config experiments/mnist_improved_gan.py --workdir W --seeds 0,1,2
+
+Trains seed s in `W/seed_s` (`config.seed = s`; for semi-supervised runs the
+seed also picks the labelled subset, unless `config.semi.label_seed` pins
+it), one after the other, resuming any that were interrupted and skipping
+finished ones; then reads each run's `eval.json` and writes `W/seeds.json`:
+{"metric", "values": {seed: value}, "mean", "std" (sample std, ddof 1), "n"}.
+`--metric` is a top-level key of eval.json ("test_error", the default) or
+"<evaluator>/<metric>" (e.g. "mnist_cnn/fcd"). Config overrides
+(`--config.num_steps=...`) apply to every seed.
+"""
+
+from __future__ import annotations
+
+from gan import platform
+
+platform.configure_xla()  # before JAX initialises its backend
+
+import json  # noqa: E402
+import os  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from gan import data, utils  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. experiments/mnist_improved_gan.py"
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one run per seed.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
+_METRIC = flags.DEFINE_string("metric", "test_error", "eval.json key, or '<evaluator>/<metric>'.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def read_metric(eval_json: dict[str, Any], metric: str) -> float:
+  """`metric` ("key" or "evaluator/key") from a run's eval.json record."""
+  node: Any = eval_json
+  for part in metric.split("/"):
+    if not isinstance(node, dict) or part not in node:
+      raise utils.ConfigError(f"eval.json has no {metric!r}; it holds {sorted(eval_json)}")
+    node = node[part]
+  return float(node)
+
+
+def summarise(values: dict[int, float], metric: str) -> dict[str, Any]:
+  """Mean and sample standard deviation over seeds."""
+  array = np.asarray(list(values.values()), np.float64)
+  return {
+      "metric": metric,
+      "values": {str(seed): value for seed, value in values.items()},
+      "mean": float(array.mean()),
+      "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+      "n": len(array),
+  }
+
+
+def run_seeds(config, workdir: str, seeds: list[int], metric: str) -> dict[str, Any]:
+  """Trains (or resumes) every seed, then writes and returns `workdir/seeds.json`."""
+  from gan import train  # noqa: PLC0415  (heavy; after flag parsing)
+
+  values = {}
+  for seed in seeds:
+    run_dir = os.path.join(workdir, f"seed_{seed}")
+    with config.unlocked():
+      config.seed = seed
+    print(f"seed {seed}: {run_dir}", flush=True)
+    train.train_and_evaluate(config, run_dir)
+    with open(os.path.join(run_dir, "eval.json")) as f:
+      values[seed] = read_metric(json.load(f), metric)
+    print(f"seed {seed}: {metric} = {values[seed]:.6g}", flush=True)
+  summary = summarise(values, metric)
+  with open(os.path.join(workdir, "seeds.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    utils.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    seeds = [int(s) for s in _SEEDS.value]
+    summary = run_seeds(_CONFIG.value, _WORKDIR.value, seeds, _METRIC.value)
+  except ValueError as e:  # includes ConfigError; int() of a bad seed
+    utils.fail(str(e))
+  except data.DatasetNotFoundError as e:
+    utils.fail(str(e))
+  print(
+      f"{summary['metric']}: {summary['mean']:.6g} +- {summary['std']:.3g} "
+      f"(sample std) over {summary['n']} seeds {list(summary['values'])}"
+  )
+
+
+if __name__ == "__main__":
+  app.run(main)
