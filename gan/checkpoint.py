@@ -14,6 +14,7 @@ the latest one, which would lose the run's progress; the policy cannot.)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -108,7 +109,8 @@ class Checkpointer:
     self._manager.save(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict())
+            state=ocp.args.StandardSave(_fields(state)),
+            config=ocp.args.JsonSave(config.to_dict()),
         ),
         metrics=metrics,
         force=True,
@@ -123,10 +125,11 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    target = None if like is None else _fields(like)
     restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like))
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
     )
-    return restored["state"]
+    return restored["state"] if like is None else like.replace(**restored["state"])
 
   def delete_after(self, step: int) -> None:
     """Deletes the checkpoints of steps after `step` (a rollback abandons them)."""
@@ -138,3 +141,17 @@ class Checkpointer:
   def close(self) -> None:
     """Waits for pending (asynchronous) saves to finish, then releases the manager."""
     self._manager.close()
+
+
+def _fields(state: GANState) -> dict[str, Any]:
+  """The state's fields that are set, by name: the tree a checkpoint holds.
+
+  Fields a method does not use (None: a plain GAN has no classifier) are left
+  out, so a checkpoint's layout depends only on what the run trains, and
+  checkpoints written before those fields existed still restore.
+  """
+  return {
+      f.name: getattr(state, f.name)
+      for f in dataclasses.fields(state)
+      if getattr(state, f.name) is not None
+  }
