@@ -85,6 +85,11 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
   return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
+def ema_update(average: Any, new: Any, decay: jax.Array | float) -> Any:
+  """One step of an exponential moving average of a parameter tree."""
+  return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), average, new)
+
+
 def update_ratio(new: Any, old: Any) -> jax.Array:
   """||new - old|| / ||old|| over a parameter tree: the relative size of an update."""
   delta = jax.tree.map(lambda n, o: n - o, new, old)
@@ -97,7 +102,8 @@ def update_ratio(new: Any, old: Any) -> jax.Array:
 _FINITE_SUFFIXES = ("/loss", "/grad_norm", "/update_ratio")
 
 
-def _d_metrics(loss, real: jax.Array, fake: jax.Array, grads: Any) -> Metrics:
+def d_metrics(loss, real: jax.Array, fake: jax.Array, grads: Any) -> Metrics:
+  """D's loss, accuracies, mean logits and probabilities on real/fake, gradient norm."""
   return {
       "loss": loss,
       "real_acc": jnp.mean(real > 0),
@@ -144,7 +150,7 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
         d.params
     )
     grads = lax.pmean(grads, AXIS)
-    metrics = _d_metrics(loss, real_logits, fake_logits, grads) | aux
+    metrics = d_metrics(loss, real_logits, fake_logits, grads) | aux
     return d.apply_gradients(grads=grads), g.replace(batch_stats=batch_stats), metrics
 
   def g_update(g: TrainState, d: TrainState, local_batch: int, key: jax.Array):
@@ -180,7 +186,7 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     g, g_metrics = g_update(g, d, local_batch, g_key)
 
     decay = ema_decay_at(state.step, cfg.ema_decay)
-    g_ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), state.g_ema, g.params)
+    g_ema = ema_update(state.g_ema, g.params, decay)
     new_state = state.replace(step=state.step + 1, g=g, d=d, g_ema=g_ema, data_perm=perm)
     metrics = {f"d/{k}": v for k, v in d_metrics.items()}
     metrics |= {f"g/{k}": v for k, v in g_metrics.items()}

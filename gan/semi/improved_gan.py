@@ -36,10 +36,9 @@ import numpy as np
 import optax
 from jax import lax
 
-from gan import data as data_lib
-from gan import state as state_lib
 from gan import step as step_lib
 from gan.evaluation import views
+from gan.semi import common
 from gan.state import GANState, TrainState
 
 
@@ -119,22 +118,7 @@ def make_train_step(
     local_batch = cfg.global_batch // lax.axis_size(step_lib.AXIS)
     step_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x57E9), state.step)
     keys = jax.random.split(step_key, 7)
-    perm, unlabelled = data_lib.next_batch(
-        {"image": data["image"], "label": data["label"]},
-        state.data_perm,
-        state_lib.data_key(state.rng),
-        state.step,
-        cfg.global_batch,
-        step_lib.AXIS,
-    )
-    labelled_perm, labelled = data_lib.next_batch(
-        {"image": data["labelled_image"], "label": data["labelled_label"]},
-        state.labelled_perm,
-        state_lib.labelled_key(state.rng),
-        state.step,
-        cfg.global_batch,
-        step_lib.AXIS,
-    )
+    perm, unlabelled, labelled_perm, labelled = common.draw_batches(state, data, cfg.global_batch)
     g, d = state.g, state.d
     z = step_lib.sample_z(keys[0], local_batch, cfg.z_dim)
     fake = lax.stop_gradient(generate(g, g.params, z)[0])
@@ -168,9 +152,12 @@ def make_train_step(
     g_grads = lax.pmean(g_grads, step_lib.AXIS)
     g = g.apply_gradients(grads=g_grads, batch_stats=batch_stats)
 
-    ema = lambda avg, new, decay: jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), avg, new)  # noqa: E731
-    g_ema = ema(state.g_ema, g.params, step_lib.ema_decay_at(state.step, cfg.ema_decay))
-    c_ema = ema(state.c_ema, d.params, step_lib.ema_decay_at(state.step, cfg.classifier_ema_decay))
+    g_ema = step_lib.ema_update(
+        state.g_ema, g.params, step_lib.ema_decay_at(state.step, cfg.ema_decay)
+    )
+    c_ema = step_lib.ema_update(
+        state.c_ema, d.params, step_lib.ema_decay_at(state.step, cfg.classifier_ema_decay)
+    )
     new_state = state.replace(
         step=state.step + 1,
         g=g,
@@ -183,17 +170,12 @@ def make_train_step(
     real_lse = jax.nn.logsumexp(real_logits, axis=-1)
     fake_lse = jax.nn.logsumexp(fake_logits, axis=-1)
     metrics = {
-        "d/loss": d_loss,
+        f"d/{k}": v for k, v in step_lib.d_metrics(d_loss, real_lse, fake_lse, d_grads).items()
+    }
+    metrics |= {
         "d/loss_sup": sup,
         "d/loss_unsup": unsup,
         "d/train_acc": jnp.mean(jnp.argmax(lab_logits, -1) == labelled["label"]),
-        "d/real_acc": jnp.mean(real_lse > 0),
-        "d/fake_acc": jnp.mean(fake_lse < 0),
-        "d/real_logit": jnp.mean(real_lse),
-        "d/fake_logit": jnp.mean(fake_lse),
-        "d/real_prob": jnp.mean(jax.nn.sigmoid(real_lse)),
-        "d/fake_prob": jnp.mean(jax.nn.sigmoid(fake_lse)),
-        "d/grad_norm": optax.tree.norm(d_grads),
         "g/loss": g_loss,
         "g/grad_norm": optax.tree.norm(g_grads),
         "g/fake_logit": jnp.mean(jax.nn.logsumexp(g_fake_logits, axis=-1)),
@@ -220,34 +202,19 @@ def create_state(
   g_key, d_key, noise_key, init_key = jax.random.split(jax.random.fold_in(rng, 0x1417), 4)
   z = jax.random.normal(init_key, (config.semi.init_batch, config.model.z_dim))
   g_vars = G.init(g_key, z, train=False)
-  index = np.random.default_rng(config.seed).choice(
-      len(images), config.semi.init_batch, replace=False
-  )
-  x = jnp.asarray(images[np.sort(index)], jnp.float32) * (2.0 / 255.0) - 1.0
+  x = common.init_images(config, images)
   # Outside the mapped step there is no device axis: initialise a copy without one.
   d_vars = D.clone(axis_name=None).init({"params": d_key, "noise": noise_key}, x, train=True)
-  g = TrainState.create(
-      apply_fn=G.apply,
-      params=g_vars["params"],
-      batch_stats=g_vars.get("batch_stats", {}),
-      tx=state_lib.make_optimizer(config.optim.g, config.num_steps),
-  )
-  d = TrainState.create(
-      apply_fn=D.apply,
-      params=d_vars["params"],
-      tx=state_lib.make_optimizer(config.optim.d, config.num_steps),
-  )
+  g = common.new_player(G, g_vars, config.optim.g, config.num_steps)
+  d = common.new_player(D, d_vars, config.optim.d, config.num_steps)
   return GANState(
       step=jnp.zeros((), jnp.int32),
       g=g,
       d=d,
       g_ema=jax.tree.map(jnp.copy, g.params),
       rng=rng,
-      data_perm=data_lib.epoch_permutation(state_lib.data_key(rng), jnp.int32(0), len(images)),
       c_ema=jax.tree.map(jnp.copy, d.params),
-      labelled_perm=data_lib.epoch_permutation(
-          state_lib.labelled_key(rng), jnp.int32(0), num_labelled
-      ),
+      **common.first_orders(rng, len(images), num_labelled),
   )
 
 

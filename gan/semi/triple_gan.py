@@ -34,10 +34,9 @@ import numpy as np
 import optax
 from jax import lax
 
-from gan import data as data_lib
-from gan import state as state_lib
 from gan import step as step_lib
 from gan.evaluation import views
+from gan.semi import common
 from gan.state import GANState, TrainState
 
 
@@ -125,22 +124,7 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
     local_batch = cfg.global_batch // lax.axis_size(step_lib.AXIS)
     step_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x57E9), state.step)
     keys = iter(jax.random.split(step_key, 16))
-    perm, unlabelled = data_lib.next_batch(
-        {"image": data["image"], "label": data["label"]},
-        state.data_perm,
-        state_lib.data_key(state.rng),
-        state.step,
-        cfg.global_batch,
-        step_lib.AXIS,
-    )
-    labelled_perm, labelled = data_lib.next_batch(
-        {"image": data["labelled_image"], "label": data["labelled_label"]},
-        state.labelled_perm,
-        state_lib.labelled_key(state.rng),
-        state.step,
-        cfg.global_batch,
-        step_lib.AXIS,
-    )
+    perm, unlabelled, labelled_perm, labelled = common.draw_batches(state, data, cfg.global_batch)
     g, d, c = state.g, state.d, state.c
     x_l, y_l, x_u = labelled["image"], labelled["label"], unlabelled["image"]
     ids = step_lib.global_example_ids(local_batch)
@@ -203,29 +187,23 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
     g_grads = lax.pmean(g_grads, step_lib.AXIS)
     g = g.apply_gradients(grads=g_grads, batch_stats=g_batch_stats)
 
-    ema = lambda avg, new, decay: jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), avg, new)  # noqa: E731
     new_state = state.replace(
         step=state.step + 1,
         g=g,
         d=d,
         c=c,
-        g_ema=ema(state.g_ema, g.params, step_lib.ema_decay_at(state.step, cfg.ema_decay)),
-        c_ema=ema(
+        g_ema=step_lib.ema_update(
+            state.g_ema, g.params, step_lib.ema_decay_at(state.step, cfg.ema_decay)
+        ),
+        c_ema=step_lib.ema_update(
             state.c_ema, c.params, step_lib.ema_decay_at(state.step, cfg.classifier_ema_decay)
         ),
         data_perm=perm,
         labelled_perm=labelled_perm,
     )
-    metrics = {
-        "d/loss": d_loss,
-        "d/real_acc": jnp.mean(real > 0),
-        "d/fake_acc": jnp.mean(generated < 0),
+    metrics = {f"d/{k}": v for k, v in step_lib.d_metrics(d_loss, real, generated, d_grads).items()}
+    metrics |= {
         "d/classified_acc": jnp.mean(classified < 0),
-        "d/real_logit": jnp.mean(real),
-        "d/fake_logit": jnp.mean(generated),
-        "d/real_prob": jnp.mean(jax.nn.sigmoid(real)),
-        "d/fake_prob": jnp.mean(jax.nn.sigmoid(generated)),
-        "d/grad_norm": optax.tree.norm(d_grads),
         "c/loss": c_loss,
         "c/loss_sup": sup,
         "c/loss_adv": adv,
@@ -258,35 +236,22 @@ def create_state(
   n, num_classes = config.semi.init_batch, config.semi.num_classes
   z = jax.random.normal(keys[0], (n, config.model.z_dim))
   y = jax.random.randint(keys[1], (n,), 0, num_classes)
-  index = np.sort(np.random.default_rng(config.seed).choice(len(images), n, replace=False))
-  x = jnp.asarray(images[index], jnp.float32) * (2.0 / 255.0) - 1.0
+  x = common.init_images(config, images)
   g_vars = G.init(keys[2], z, train=False, y=y)
   # Outside the mapped step there is no device axis: initialise copies without one.
   d_vars = D.clone(axis_name=None).init({"params": keys[3], "noise": keys[4]}, x, True, y=y)
   c_vars = C.clone(axis_name=None).init(keys[5], x, train=False)
-
-  def player(module, variables, optim, steps):
-    return TrainState.create(
-        apply_fn=module.apply,
-        params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
-        tx=state_lib.make_optimizer(optim, steps),
-    )
-
-  g = player(G, g_vars, config.optim.g, config.num_steps)
-  c = player(C, c_vars, config.optim.c, config.num_steps)
+  g = common.new_player(G, g_vars, config.optim.g, config.num_steps)
+  c = common.new_player(C, c_vars, config.optim.c, config.num_steps)
   return GANState(
       step=jnp.zeros((), jnp.int32),
       g=g,
-      d=player(D, d_vars, config.optim.d, config.num_steps),
+      d=common.new_player(D, d_vars, config.optim.d, config.num_steps),
       g_ema=jax.tree.map(jnp.copy, g.params),
       rng=rng,
-      data_perm=data_lib.epoch_permutation(state_lib.data_key(rng), jnp.int32(0), len(images)),
       c=c,
       c_ema=jax.tree.map(jnp.copy, c.params),
-      labelled_perm=data_lib.epoch_permutation(
-          state_lib.labelled_key(rng), jnp.int32(0), num_labelled
-      ),
+      **common.first_orders(rng, len(images), num_labelled),
   )
 
 
