@@ -35,8 +35,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """Returns the experiment config; variant "smoke" is the few-second version."""
   config = mnist_improved_gan.get_config(variant)  # data, labels, cadences, evaluator
   config.method = "triple_gan"
-  config.model.generator = "triple_gan"
-  config.model.discriminator = "triple_gan"
+  config.model.g.label_classes = 10  # G(z, y) and D(x, y): the Improved-GAN MLPs, conditional
+  config.model.d.label_classes = 10
+  config.model.d.num_classes = 1  # one real/fake logit per image-label pair
   config.model.classifier = "cnn28"
   config.model.c = ml_collections.ConfigDict({"widths": (32, 64, 128), "dropout_rate": 0.5})
   config.optim.c = ml_collections.ConfigDict({"lr": 3e-3, "b1": 0.5, "b2": 0.999, "decay": "none"})

@@ -12,13 +12,11 @@ GENERATORS: dict[str, type[nn.Module]] = {
     "dcgan28": dcgan.Generator28,
     "mlp": mlp.MLPGenerator,
     "improved_gan": improved_gan.ImprovedGANGenerator,
-    "triple_gan": triple_gan.ConditionalGenerator,
 }
 DISCRIMINATORS: dict[str, type[nn.Module]] = {
     "dcgan28": dcgan.Discriminator28,
     "mlp": mlp.MLPDiscriminator,
     "improved_gan": improved_gan.ImprovedGANDiscriminator,
-    "triple_gan": triple_gan.ConditionalDiscriminator,
 }
 # The third player of semi-supervised methods that have one (Triple-GAN).
 CLASSIFIERS: dict[str, type[nn.Module]] = {"cnn28": triple_gan.CNNClassifier}

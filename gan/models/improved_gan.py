@@ -25,22 +25,46 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from gan.models.weight_norm import GaussianNoise, WNDense
 
 
+def _with_label(x: jax.Array, label: jax.Array | None) -> jax.Array:
+  return x if label is None else jnp.concatenate([x, label], axis=-1)
+
+
+def _one_hot(y: jax.Array | None, batch: int, classes: int, default: str) -> jax.Array | None:
+  """The one-hot labels a conditional network concatenates, or None if it is unconditional."""
+  if not classes:
+    return None
+  if y is None:  # class i mod K for example i, or the all-zero "no label"
+    if default == "cycle":
+      return jax.nn.one_hot(jnp.arange(batch) % classes, classes)
+    return jnp.zeros((batch, classes))
+  return jax.nn.one_hot(y, classes)
+
+
 class ImprovedGANGenerator(nn.Module):
-  """z (B, z_dim), standard normal -> images (B, 28, 28, 1) in [-1, 1]."""
+  """z (B, z_dim), standard normal [, labels y (B,)] -> images (B, 28, 28, 1) in [-1, 1].
+
+  With `label_classes` = K > 0 the generator is conditional: the one-hot label
+  is concatenated to the input of every layer (Triple-GAN's MNIST G). Called
+  without `y` it draws class i mod K for example i, so sample grids and
+  evaluators see every class equally often.
+  """
 
   widths: tuple[int, ...] = (500, 500)
   image_shape: tuple[int, int, int] = (28, 28, 1)
+  label_classes: int = 0
   axis_name: str | None = None  # batch-norm statistics are averaged over this axis
 
   @nn.compact
-  def __call__(self, z: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, z: jax.Array, train: bool, y: jax.Array | None = None) -> jax.Array:
+    label = _one_hot(y, z.shape[0], self.label_classes, "cycle")
     x = jax.scipy.stats.norm.cdf(z)  # uniform on [0, 1]^z_dim, as in the paper
     for width in self.widths:
-      x = nn.Dense(width, use_bias=False)(x)
+      x = nn.Dense(width, use_bias=False)(_with_label(x, label))
       x = nn.BatchNorm(
           use_running_average=not train,
           use_scale=False,
@@ -50,31 +74,38 @@ class ImprovedGANGenerator(nn.Module):
       )(x)
       x = nn.softplus(x)
     size = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
-    x = nn.sigmoid(WNDense(size, data_init=False)(x))
+    x = nn.sigmoid(WNDense(size, data_init=False)(_with_label(x, label)))
     return (2.0 * x - 1.0).reshape(z.shape[0], *self.image_shape)
 
 
 class ImprovedGANDiscriminator(nn.Module):
-  """Images (B, ...) in [-1, 1] -> logits (B, num_classes) of the K real classes.
+  """Images (B, ...) in [-1, 1] [, labels y (B,)] -> logits (B, num_classes), or (B,) if 1.
 
-  The fake class's logit is fixed at 0, so D(x) = Z / (Z + 1) with
-  Z = sum_k exp(logit_k): `gan.semi.improved_gan` reads D's real/fake logit
-  as logsumexp(logits).
+  Improved-GAN: K = `num_classes` logits of the real classes; the fake
+  class's logit is fixed at 0, so D(x) = Z / (Z + 1) with Z = sum_k exp(logit_k)
+  (`gan.semi.improved_gan` reads D's real/fake logit as logsumexp(logits)).
+  With `label_classes` > 0 and `num_classes` = 1 it is Triple-GAN's pair
+  discriminator D(x, y): the one-hot label joins the input of every layer and
+  the output is one real/fake logit per pair (called without `y`, it sees the
+  all-zero label: the health monitor's diversity probe).
   """
 
   widths: tuple[int, ...] = (1000, 500, 250, 250, 250)
   num_classes: int = 10
+  label_classes: int = 0
   input_noise: float = 0.3
   hidden_noise: float = 0.5
   axis_name: str | None = None  # the noise is keyed by the example's index along this axis
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, y: jax.Array | None = None) -> jax.Array:
+    label = _one_hot(y, x.shape[0], self.label_classes, "zeros")
     x = (x.reshape(x.shape[0], -1) + 1.0) / 2.0
     x = GaussianNoise(self.input_noise, self.axis_name)(x, train)
     for width in self.widths:
-      x = nn.relu(WNDense(width, train_scale=False)(x))
+      x = nn.relu(WNDense(width, train_scale=False)(_with_label(x, label)))
       features = x
       x = GaussianNoise(self.hidden_noise, self.axis_name)(x, train)
     self.sow("intermediates", "features", features)
-    return WNDense(self.num_classes, train_scale=True)(x)
+    logits = WNDense(self.num_classes, train_scale=True)(_with_label(x, label))
+    return logits[:, 0] if self.num_classes == 1 else logits
