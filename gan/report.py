@@ -129,10 +129,14 @@ def verdict(report: dict[str, Any]) -> str:
       )
   stopped = any(e["action"] in ("stop", "early_stop") for e in events)
   if not stopped and all(e["action"] == "rollback" for e in failures):
-    return (
+    text = (
         f"Recovered: {'; '.join(parts)}. After the last rollback the run trained on to step "
-        f"{last:,} with no further event."
+        f"{last:,} with no further event"
     )
+    num_steps = report["config"].get("num_steps")
+    if num_steps and last < num_steps:
+      text += f" (it has not reached its end, step {num_steps:,}, yet)"
+    return text + "."
   text = f"Unhealthy after {last:,} steps: " + "; ".join(parts) + "."
   if stopped:
     text += " The run was stopped."

@@ -16,7 +16,6 @@ import numpy as np
 
 from gan import checkpoint, models, semi, toy2d, writers
 from gan.evaluation import evaluators, views
-from gan.semi import labels
 from gan.utils import ConfigError
 
 
@@ -91,14 +90,6 @@ def _views(state: Any, config: ml_collections.ConfigDict, use_ema: bool) -> dict
   return found
 
 
-def _labels_info(workdir: str) -> dict[str, Any]:
-  """eval.json's description of a semi-supervised run's labelled subset."""
-  with open(os.path.join(workdir, labels.FILENAME)) as f:
-    saved = json.load(f)
-  keys = ("seed", "per_class", "num_labelled")
-  return {k: saved[k] for k in keys} | {"file": labels.FILENAME}
-
-
 def write_eval_json(
     workdir: str, step: int, checkpoint_name: str, results, extra: dict[str, Any] | None = None
 ) -> str:
@@ -144,12 +135,10 @@ def evaluate(
       name: evaluator.run(found[getattr(evaluator, "target", "generator")])
       for name, evaluator in evaluators.build(config).items()
   }
-  extra = {}
-  if "classifier" in found:
-    extra["labels"] = _labels_info(os.path.abspath(os.path.expanduser(workdir)))
-    extra |= {k: r.metrics[k] for r in results.values() for k in ("test_error",) if k in r.metrics}
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  extra = semi.eval_extra(workdir, results) if "classifier" in found else None
   step = found["generator"].step
-  path = write_eval_json(os.path.abspath(workdir), step, which, results, extra)
+  path = write_eval_json(workdir, step, which, results, extra)
   with open(path) as f:
     return json.load(f)
 

@@ -94,9 +94,9 @@ class Run:
     self.example_shape = data_lib.example_shape(config.dataset, split)
     self.split = split
     arrays = split.arrays()
-    self.labels_info, self.num_labelled = None, 0
-    if self.method:  # the labelled subset, tiled to a batch, rides along with the data
-      labelled, self.labels_info = semi.labelled_data(config, split, self.workdir, self.primary)
+    self.num_labelled = 0
+    if self.method:  # the labelled subset, tiled to whole batches, rides along with the data
+      labelled = semi.labelled_data(config, split, self.workdir, self.primary)
       arrays |= labelled
       self.num_labelled = len(labelled["labelled_label"])
     self.state = self.initial_state()
@@ -166,16 +166,6 @@ class Run:
     with open(os.path.join(self.workdir, "evals.jsonl"), "a") as f:
       f.write(json.dumps({"step": step, **evaluators_lib.as_json(results)}) + "\n")
     return results
-
-  def eval_extra(self, results: dict[str, Any]) -> dict[str, Any]:
-    """Top-level eval.json entries of a semi-supervised run: its test error and label subset."""
-    if not self.method:
-      return {}
-    extra = {"labels": self.labels_info}
-    for result in results.values():
-      if "test_error" in result.metrics:
-        extra["test_error"] = result.metrics["test_error"]
-    return extra
 
 
 def _prefix() -> str:
@@ -266,6 +256,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       events += monitor.observe_eval(step, eval_metrics)
     action = monitor.handle(events)
     stopping = action in ("early_stop", "stop")
+    # Before any checkpoint of this step, so the saved state carries the raised rates.
+    if action == "log" and monitor.enabled and (scale := monitor.recovered(step)) is not None:
+      state = state_lib.with_learning_rate_scale(jax.device_get(unreplicate(p_state)), scale)
+      p_state, p_metrics = replicate(state, run.devices), None
     if every(step, config.checkpoint_every) or is_last or eval_metrics or stopping:
       state = jax.device_get(unreplicate(p_state))
       if jax.process_count() > 1:  # all processes save together; check they hold one state
@@ -273,14 +267,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       run.checkpointer.save(state, config, eval_metrics)
       monitor.save()
     if (is_last or stopping) and results is not None and run.primary:
-      runs.write_eval_json(run.workdir, results_step, "final", results, run.eval_extra(results))
+      extra = semi.eval_extra(run.workdir, results) if run.method else None
+      runs.write_eval_json(run.workdir, results_step, "final", results, extra)
     if stopping:
       if run.primary:
         bar.write(f"step {step}: stopping ({action}); best checkpoint: {monitor.best_note()}")
       break
-    if action == "log" and monitor.enabled and (scale := monitor.recovered(step)) is not None:
-      state = state_lib.with_learning_rate_scale(jax.device_get(unreplicate(p_state)), scale)
-      p_state, p_metrics = replicate(state, run.devices), None
     if action == "rollback":
       p_state = replicate(monitor.rollback(events), run.devices)
       step = int(jax.device_get(unreplicate(p_state.step)))
@@ -323,6 +315,10 @@ class _HealthMonitor:
       self.fault_injected = bool(saved.get("fault_injected", False))
       if self.fault_injected:
         self.fault_step = None
+      # The checkpoint is the truth about the rates in force (health.json may be a step
+      # ahead of it after a crash); an injected fault's factor is not a remedy.
+      scales = state_lib.learning_rate_scales(run.state)
+      self.monitor.lr_scale = min(1.0, scales["g"])
 
   def observe(self, step: int, metrics: dict[str, float]) -> list[health.Event]:
     return self.monitor.observe(step, metrics) if self.enabled else []

@@ -202,6 +202,24 @@ def test_the_matching_detector_fires_on_each_broken_run(variant, expected, tmp_p
     assert verdict.startswith("Recovered: divergence at step")
 
 
+def test_resume_takes_the_learning_rates_from_the_checkpoint(tmp_path):
+  # A rollback halves the rates; if health.json then disagrees with the checkpoint (a
+  # crash between the two writes), the resumed run follows the checkpoint.
+  config = mnist.get_config("smoke,broken_spike")
+  config.num_steps, config.log_every, config.checkpoint_every = 50, 5, 10
+  config.inject_fault.step = 33
+  train.train_and_evaluate(config, str(tmp_path))
+  assert [e["action"] for e in health.read_events(str(tmp_path))] == ["rollback"]
+  path = tmp_path / "health.json"
+  saved = json.loads(path.read_text())
+  assert saved["lr_scale"] == 0.5
+  path.write_text(json.dumps(saved | {"lr_scale": 1.0}))
+  config.num_steps = 60
+  final = train.train_and_evaluate(config, str(tmp_path))
+  assert state_lib.learning_rate_scales(final) == {"g": 0.5, "d": 0.5}
+  assert json.loads(path.read_text())["lr_scale"] == 0.5
+
+
 def _fake_run(workdir, events=()):
   os.makedirs(workdir / "samples")
   (workdir / "config.json").write_text(

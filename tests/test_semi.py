@@ -196,7 +196,9 @@ def test_improved_gan_run_reports_test_error_and_resumes(tmp_path):
   config.evals.classifier.every = 5
   train.train_and_evaluate(config, str(tmp_path))
   result = json.loads((tmp_path / "eval.json").read_text())
-  assert result["step"] == 10 and 0.0 <= result["test_error"] <= 1.0
+  scores = result["classifier"]
+  assert result["step"] == 10 and result["test_error"] == scores["test_error"]
+  assert scores["test_errors"] == round(scores["test_error"] * scores["protocol"]["num_examples"])
   expected = {"seed": 0, "per_class": 2, "num_labelled": 20, "file": "labelled.json"}
   assert result["labels"] == expected
   assert result["classifier"]["protocol"]["num_examples"] > 0
@@ -217,6 +219,17 @@ def test_evaluate_cli_reproduces_the_runs_test_error(tmp_path):
   during = json.loads((tmp_path / "eval.json").read_text())
   after = runs.evaluate(str(tmp_path))
   assert after["test_error"] == during["test_error"] and after["labels"] == during["labels"]
+  # The view it scored is C's EMA with C's running statistics, not the raw parameters.
+  state, config = runs._restore(str(tmp_path), "latest")
+  found = runs._views(state, config, use_ema=True)
+  C = models.build_classifier(config.model, axis_name=None)
+  x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+  scaled = x.astype(np.float32) * (2.0 / 255.0) - 1.0
+  stats = state["c"]["batch_stats"]
+  ema = C.apply({"params": state["c_ema"], "batch_stats": stats}, scaled, train=False)
+  raw = C.apply({"params": state["c"]["params"], "batch_stats": stats}, scaled, train=False)
+  np.testing.assert_allclose(found["classifier"].logits(x), ema, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(ema, raw, atol=1e-4)
 
 
 def test_seed_runner_reports_mean_and_std_over_label_subsets(tmp_path):

@@ -66,22 +66,25 @@ def label_seed(config: ml_collections.ConfigDict) -> int:
 
 def labelled_data(
     config: ml_collections.ConfigDict, split: data_lib.Split, workdir: str, write: bool
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  """The labelled subset as device arrays, and a description of it for eval.json.
+) -> dict[str, np.ndarray]:
+  """The labelled subset, as arrays to put on the devices beside the training split.
 
   The subset (`config.semi.labels_per_class` per class, from `label_seed`) is
-  read from or written to `workdir/labelled.json`. It is tiled to at least one
-  global batch, so a step can always draw a full labelled batch; each epoch of
-  the tiled set shows every labelled example equally often.
+  read from or written to `workdir/labelled.json`. It is tiled to a whole
+  number of global batches (lcm(subset, batch) examples), so a step always
+  draws a full labelled batch and each epoch of the tiled set shows every
+  labelled example equally often.
   """
   per_class, seed = config.semi.labels_per_class, label_seed(config)
   indices = labels.load_or_choose(workdir, split.label, per_class, seed, split.source, write)
-  tiled = np.tile(indices, math.ceil(config.batch_size / len(indices)))
-  arrays = {"labelled_image": split.image[tiled], "labelled_label": split.label[tiled]}
-  info = {
-      "seed": seed,
-      "per_class": per_class,
-      "num_labelled": len(indices),
-      "file": labels.FILENAME,
-  }
-  return arrays, info
+  tiled = np.tile(indices, config.batch_size // math.gcd(len(indices), config.batch_size))
+  return {"labelled_image": split.image[tiled], "labelled_label": split.label[tiled]}
+
+
+def eval_extra(workdir: str, results: dict[str, Any]) -> dict[str, Any]:
+  """eval.json's top-level entries for a semi-supervised run: its test error and label subset."""
+  extra: dict[str, Any] = {"labels": labels.describe(workdir)}
+  for result in results.values():
+    if "test_error" in result.metrics:
+      extra["test_error"] = result.metrics["test_error"]
+  return extra

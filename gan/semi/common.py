@@ -52,7 +52,7 @@ def first_orders(rng: jax.Array, num_images: int, num_labelled: int) -> dict[str
 
 def init_images(config: ml_collections.ConfigDict, images: np.ndarray) -> jax.Array:
   """`config.semi.init_batch` training images in [-1, 1], for data-dependent initialisation."""
-  index = np.random.default_rng(config.seed).choice(
+  index = np.random.default_rng([config.seed, 0x1417]).choice(
       len(images), config.semi.init_batch, replace=False
   )
   return jnp.asarray(images[np.sort(index)], jnp.float32) * (2.0 / 255.0) - 1.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 
@@ -73,3 +74,10 @@ def load_or_choose(
       json.dump(record, f)
     os.replace(path + ".tmp", path)  # atomic: another process never reads half a file
   return indices
+
+
+def describe(workdir: str) -> dict[str, Any]:
+  """The run's labelled subset in brief (eval.json's "labels"), from `workdir/labelled.json`."""
+  with open(os.path.join(workdir, FILENAME)) as f:
+    saved = json.load(f)
+  return {k: saved[k] for k in ("seed", "per_class", "num_labelled")} | {"file": FILENAME}

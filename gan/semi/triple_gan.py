@@ -131,7 +131,11 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
     y_g = ids % cfg.num_classes  # balanced labels for the generated pairs
     z = step_lib.sample_z(next(keys), local_batch, cfg.z_dim)
     fake = lax.stop_gradient(generate(g, g.params, z, y_g)[0])
-    c_logits_u, _ = classify(c, c.params, x_u, next(keys))
+    # C's unlabelled pass runs twice with one dropout key: here to draw the labels, and in
+    # C's loss for their log-probabilities, which the score-function gradient needs from
+    # the very distribution the labels were drawn from.
+    c_unlabelled_key = next(keys)
+    c_logits_u, _ = classify(c, c.params, x_u, c_unlabelled_key)
     sample_key = next(keys)
     y_c = jax.vmap(lambda i, x: jax.random.categorical(jax.random.fold_in(sample_key, i), x))(
         ids, lax.stop_gradient(c_logits_u)
@@ -155,7 +159,7 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
 
     # C: supervised, adversarial (against the new D) and, once switched on, pseudo-labels.
     d_on_classified = discriminate(d.params, x_u, y_c, next(keys))
-    c_keys = [next(keys) for _ in range(3)]
+    c_keys = [next(keys), c_unlabelled_key, next(keys)]
     pseudo_weight = jnp.where(state.step >= cfg.pseudo_start, cfg.alpha_p, 0.0)
 
     def c_loss_fn(params):
