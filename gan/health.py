@@ -17,8 +17,9 @@ window:
                       mean D(G(z)) is below `fake_prob`: G's gradients vanish
                       or every sample is rejected.
   mode_collapse       the diversity ratio of generated vs real samples in D's
-                      feature space is below `diversity`, or an evaluator's
-                      class count is below `coverage` x the real data's.
+                      feature space is below `diversity` (for the window), or
+                      an evaluation's class count is below `coverage` x the
+                      real data's (one evaluation decides).
   divergence          a non-finite loss or gradient (the step drops such
                       updates, see `gan.step`), a loss above `loss_factor` x
                       its running median or above `max_loss`, or an update
@@ -209,23 +210,33 @@ class Monitor:
     return self.records[name]
 
   def _check(
-      self, name: str, step: int, bad: bool, evidence: dict, message: str, since: int | None = None
+      self,
+      name: str,
+      step: int,
+      bad: bool,
+      evidence: dict,
+      message: str,
+      since: int | None = None,
+      test: str | None = None,
   ) -> list[Event]:
     """Fires `name` once per episode: when `bad` has held for its whole window.
 
     With `since`, `bad` already judges a whole window (starting at step `since`).
+    `test` names one of several tests of a detector (default: the detector), each
+    with its own window and episode, so e.g. evaluations and log records do not mix.
     """
+    test = test or name
     if since is None:
-      window = self._window(name, int(self.config[name].get("window", 1)))
+      window = self._window(test, int(self.config[name].get("window", 1)))
       window.append((step, bad, evidence))
       bad = bad and len(window) == window.maxlen and all(b for _, b, _ in window)
       since = window[0][0]
     if not bad:
-      self.active.discard(name)
+      self.active.discard(test)
       return []
-    if name in self.active:
+    if test in self.active:
       return []
-    self.active.add(name)
+    self.active.add(test)
     return [self._event(name, step, evidence, message, since=since)]
 
   def _event(self, name: str, step: int, evidence: dict, message: str, since: int) -> Event:
@@ -359,12 +370,16 @@ class Monitor:
         real = metrics.get(key.replace("/classes", "/real_classes"))
         if real is None:
           continue
+        # One evaluation (thousands of samples) decides; it has its own episode, apart
+        # from the diversity test's log records.
         events += self._check(
             "mode_collapse",
             step,
             value < cfg.coverage * real,
             {key: value, "real_classes": real},
             f"mode collapse: {int(value)} classes generated, {int(real)} in the real data ({key})",
+            since=step,
+            test=f"mode_collapse:{key}",
         )
     cfg = self.config.plateau
     if self.metric and cfg.patience > 0 and self.metric in metrics:

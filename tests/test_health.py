@@ -70,10 +70,17 @@ def test_warmup_silences_the_early_steps():
 def test_mode_collapse_from_diversity_and_from_class_coverage():
   events = _feed(_monitor(), [_healthy(0, **{"health/diversity": 0.02})] * 5)
   assert [e.detector for e in events] == ["mode_collapse"]
-  monitor = _monitor(mode_collapse={"window": 1})
+  # One evaluation with too few classes fires, whatever the diversity records around it
+  # say (they keep their own window), once per episode.
+  monitor = _monitor()
+  assert _feed(monitor, [_healthy(0)] * 3, start=300) == []
   assert monitor.observe_eval(1000, {"c/classes": 10, "c/real_classes": 10}) == []
   events = monitor.observe_eval(2000, {"c/classes": 3, "c/real_classes": 10})
   assert [e.detector for e in events] == ["mode_collapse"] and "3 classes" in events[0].message
+  assert _feed(monitor, [_healthy(0)] * 3, start=2010) == []
+  assert monitor.observe_eval(3000, {"c/classes": 4, "c/real_classes": 10}) == []  # same episode
+  assert monitor.observe_eval(4000, {"c/classes": 9, "c/real_classes": 10}) == []
+  assert len(monitor.observe_eval(5000, {"c/classes": 2, "c/real_classes": 10})) == 1
 
 
 def test_divergence_on_nonfinite_values_explosions_and_huge_updates():
