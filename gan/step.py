@@ -37,34 +37,48 @@ Metrics = dict[str, jax.Array]
 StepFn = Callable[[GANState, dict[str, jax.Array]], tuple[GANState, Metrics]]
 
 
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-  """The static settings of a step, read once from the experiment config."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CommonStepConfig:
+  """The settings every method's step has, read once from the experiment config."""
 
   global_batch: int
   z_dim: int
-  n_critic: int
   ema_decay: float
+  health_signals: bool = True  # update ratios and the finiteness flag (config.health.enabled)
+  guard_nonfinite: bool = True
+
+  @staticmethod
+  def common(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The keyword arguments of the common fields."""
+    health = config.get("health", {})
+    return {
+        "global_batch": config.batch_size,
+        "z_dim": config.model.z_dim,
+        "ema_decay": config.ema_decay,
+        "health_signals": health.get("enabled", True),
+        "guard_nonfinite": health.get("guard_nonfinite", True),
+    }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepConfig(CommonStepConfig):
+  """The static settings of a GAN step."""
+
+  n_critic: int
   loss: losses.GANLoss
   label_smoothing: float
   r1_gamma: float
   batch_fn: data_lib.BatchFn
-  health_signals: bool = True  # update ratios and the finiteness flag (config.health.enabled)
-  guard_nonfinite: bool = True
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
     return cls(
-        global_batch=config.batch_size,
-        z_dim=config.model.z_dim,
+        **cls.common(config),
         n_critic=config.n_critic,
-        ema_decay=config.ema_decay,
         loss=losses.get(config.loss, config.label_smoothing),
         label_smoothing=config.label_smoothing,
         r1_gamma=config.get("r1_gamma", 0.0),
         batch_fn=data_lib.batch_fn(config.dataset),
-        health_signals=config.get("health", {}).get("enabled", True),
-        guard_nonfinite=config.get("health", {}).get("guard_nonfinite", True),
     )
 
 

@@ -64,29 +64,19 @@ def feature_matching_loss(
   return jnp.mean((real - fake) ** 2)
 
 
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepConfig(step_lib.CommonStepConfig):
   """The static settings of an Improved-GAN step."""
 
-  global_batch: int
-  z_dim: int
-  ema_decay: float
   classifier_ema_decay: float
   unlabelled_weight: float
-  health_signals: bool = True
-  guard_nonfinite: bool = True
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
-    health = config.get("health", {})
     return cls(
-        global_batch=config.batch_size,
-        z_dim=config.model.z_dim,
-        ema_decay=config.ema_decay,
+        **cls.common(config),
         classifier_ema_decay=config.semi.classifier_ema_decay,
         unlabelled_weight=config.semi.unlabelled_weight,
-        health_signals=health.get("enabled", True),
-        guard_nonfinite=health.get("guard_nonfinite", True),
     )
 
 

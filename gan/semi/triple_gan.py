@@ -72,35 +72,25 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepConfig(step_lib.CommonStepConfig):
   """The static settings of a Triple-GAN step."""
 
-  global_batch: int
-  z_dim: int
   num_classes: int
-  ema_decay: float
   classifier_ema_decay: float
   alpha: float
   alpha_p: float
   pseudo_start: int
-  health_signals: bool = True
-  guard_nonfinite: bool = True
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
-    health = config.get("health", {})
     return cls(
-        global_batch=config.batch_size,
-        z_dim=config.model.z_dim,
+        **cls.common(config),
         num_classes=config.semi.num_classes,
-        ema_decay=config.ema_decay,
         classifier_ema_decay=config.semi.classifier_ema_decay,
         alpha=config.semi.alpha,
         alpha_p=config.semi.alpha_p,
         pseudo_start=config.semi.pseudo_start_step,
-        health_signals=health.get("enabled", True),
-        guard_nonfinite=health.get("guard_nonfinite", True),
     )
 
 
