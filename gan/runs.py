@@ -78,16 +78,23 @@ def load_generator(
   return evaluators.Generator(G, state, config.model.z_dim, use_ema), config
 
 
-def _views(state: Any, config: ml_collections.ConfigDict, use_ema: bool) -> dict[str, Any]:
+def make_views(
+    config: ml_collections.ConfigDict, G, D, C, state: Any, use_ema: bool = True
+) -> dict[str, Any]:
   """What the evaluators look at: the generator, and a semi-supervised run's classifier."""
-  G, D = models.build(config.model, axis_name=None)
   generator = evaluators.Generator(G, state, config.model.z_dim, use_ema)
   found = {"generator": generator}
   method = semi.get(config)
   if method:
-    C = models.build_classifier(config.model, axis_name=None)
     found["classifier"] = views.Classifier(*method.classifier(D, C, state), generator.step, "ema")
   return found
+
+
+def _views(state: Any, config: ml_collections.ConfigDict, use_ema: bool) -> dict[str, Any]:
+  """`make_views` of a restored run, its networks built from the config."""
+  G, D = models.build(config.model, axis_name=None)
+  C = models.build_classifier(config.model, axis_name=None)
+  return make_views(config, G, D, C, state, use_ema)
 
 
 def write_eval_json(
@@ -131,10 +138,7 @@ def evaluate(
       cfg.num_samples = num_samples
   with config.unlocked():
     config.evals = evals
-  results = {
-      name: evaluator.run(found[getattr(evaluator, "target", "generator")])
-      for name, evaluator in evaluators.build(config).items()
-  }
+  results = evaluators.run_all(evaluators.build(config), found)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   extra = semi.eval_extra(workdir, results) if "classifier" in found else None
   step = found["generator"].step

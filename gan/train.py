@@ -28,7 +28,6 @@ from gan import distributed, health, models, runs, semi, toy2d, writers
 from gan import state as state_lib
 from gan import step as step_lib
 from gan.evaluation import evaluators as evaluators_lib
-from gan.evaluation import views as views_lib
 from gan.utils import ConfigError, check_batch, check_workdir, every
 
 
@@ -152,15 +151,8 @@ class Run:
   def evaluate(self, state: state_lib.GANState, names: list[str]) -> dict[str, Any]:
     """Runs the named evaluators on the EMA generator (or classifier); appends to evals.jsonl."""
     step = int(state.step)
-    views = {"generator": lambda: evaluators_lib.Generator(self.G, state, self.config.model.z_dim)}
-    if self.method:
-      views["classifier"] = lambda: views_lib.Classifier(
-          *self.method.classifier(self.D, self.C, state), step, "ema"
-      )
-    results = {}
-    for name in names:
-      evaluator = self.evaluators[name]
-      results[name] = evaluator.run(views[getattr(evaluator, "target", "generator")]())
+    views = runs.make_views(self.config, self.G, self.D, self.C, state)
+    results = evaluators_lib.run_all({name: self.evaluators[name] for name in names}, views)
     if not self.primary:  # every process evaluates (same numbers); process 0 writes
       return results
     with open(os.path.join(self.workdir, "evals.jsonl"), "a") as f:

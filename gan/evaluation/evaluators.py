@@ -360,6 +360,14 @@ def default_evals(dataset: str) -> dict[str, ml_collections.ConfigDict]:
   raise ConfigError(f"no default evaluators for dataset {dataset!r}; add config.evals")
 
 
+def run_all(evaluators: Mapping[str, Any], views: Mapping[str, Any]) -> dict[str, Result]:
+  """Runs each evaluator on the view it looks at (its `target`: "generator" by default)."""
+  return {
+      name: evaluator.run(views[getattr(evaluator, "target", "generator")])
+      for name, evaluator in evaluators.items()
+  }
+
+
 def flatten(results: Mapping[str, Result]) -> dict[str, float]:
   """`<eval name>/<metric>` scalars, for metrics.jsonl and checkpoint ranking."""
   return {f"{name}/{k}": v for name, r in results.items() for k, v in r.metrics.items()}
