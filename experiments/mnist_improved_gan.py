@@ -50,8 +50,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       {"widths": (1000, 500, 250, 250, 250), "input_noise": 0.3, "hidden_noise": 0.5}
   )
   config.loss = "non_saturating"  # unused: the method defines its losses
-  config.optim.g = ml_collections.ConfigDict({"lr": 3e-3, "b1": 0.5, "b2": 0.999, "decay": "none"})
-  config.optim.d = ml_collections.ConfigDict({"lr": 3e-3, "b1": 0.5, "b2": 0.999, "decay": "none"})
+  # The paper's code adds Adam's epsilon under the square root (eps_root 1e-8, eps 0).
+  adam = {"lr": 3e-3, "b1": 0.5, "b2": 0.999, "eps": 0.0, "eps_root": 1e-8, "decay": "none"}
+  config.optim.g = ml_collections.ConfigDict(adam)
+  config.optim.d = ml_collections.ConfigDict(adam)
   config.ema_decay = 0.999
   config.semi.classifier_ema_decay = 0.999
 

@@ -74,6 +74,12 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
   """Adam for one player. `optim.decay="linear"` decays the rate to 0 over `num_steps`.
 
+  `optim.eps` (default 1e-8) is added to Adam's denominator, `optim.eps_root`
+  (default 0) under its square root: update = m / (sqrt(v + eps_root) + eps).
+  Some papers' code used the second form (Improved-GAN: eps_root 1e-8, eps 0),
+  which damps the steps of parameters whose gradients are below ~1e-4 instead
+  of scaling them up to full size.
+
   The updates are then multiplied by a scale held in the optimizer state (1 at
   the start), so the health monitor's remedy can lower a learning rate in a
   running or restored state without recompiling (`scale_learning_rates`).
@@ -84,7 +90,13 @@ def make_optimizer(
   elif optim.get("decay", "none") != "none":
     raise ConfigError(f"unknown learning-rate decay {optim.decay!r}; use 'none' or 'linear'")
   return optax.chain(
-      optax.adam(learning_rate, b1=optim.b1, b2=optim.b2),
+      optax.adam(
+          learning_rate,
+          b1=optim.b1,
+          b2=optim.b2,
+          eps=optim.get("eps", 1e-8),
+          eps_root=optim.get("eps_root", 0.0),
+      ),
       optax.inject_hyperparams(optax.scale)(step_size=1.0),
   )
 

@@ -142,3 +142,25 @@ def test_nonfinite_step_is_dropped_not_written(smoke_config):
   _assert_trees_close(after.d.params, before.d.params, rtol=0, atol=0)
   _assert_trees_close(after.g.opt_state, before.g.opt_state, rtol=0, atol=0)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(after.d.params))
+
+
+def test_adam_epsilon_under_the_root_damps_tiny_gradients():
+  """optim.eps_root (Improved-GAN's Adam) shrinks the steps of gradients below ~sqrt(eps_root)."""
+  import jax.numpy as jnp
+  import ml_collections
+  import optax
+
+  params = {"w": jnp.zeros(3)}
+  grads = {"w": jnp.asarray([1e-6, 1e-4, 1e-1])}
+
+  def first_step(**eps):
+    optim = ml_collections.ConfigDict({"lr": 1.0, "b1": 0.5, "b2": 0.999, "decay": "none", **eps})
+    tx = state_lib.make_optimizer(optim, num_steps=10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return np.asarray(optax.apply_updates(params, updates)["w"])
+
+  # Default (eps outside the root): Adam's first step is -lr * sign(g) for every entry.
+  np.testing.assert_allclose(first_step(), [-1.0, -1.0, -1.0], rtol=1e-2)
+  # eps_root 1e-8, eps 0: -g / sqrt(g^2 + 1e-8): tiny gradients barely move.
+  expected = -np.asarray([1e-6, 1e-4, 1e-1]) / np.sqrt(np.asarray([1e-12, 1e-8, 1e-2]) + 1e-8)
+  np.testing.assert_allclose(first_step(eps=0.0, eps_root=1e-8), expected, rtol=1e-4)

@@ -23,6 +23,8 @@ monitor's diversity space.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -95,6 +97,7 @@ class ImprovedGANDiscriminator(nn.Module):
   label_classes: int = 0
   input_noise: float = 0.3
   hidden_noise: float = 0.5
+  kernel_stddev: float = 0.1  # initial weight-norm directions (the paper's code: N(0, 0.1^2))
   axis_name: str | None = None  # the noise is keyed by the example's index along this axis
 
   @nn.compact
@@ -102,10 +105,11 @@ class ImprovedGANDiscriminator(nn.Module):
     label = _one_hot(y, x.shape[0], self.label_classes, "zeros")
     x = (x.reshape(x.shape[0], -1) + 1.0) / 2.0
     x = GaussianNoise(self.input_noise, self.axis_name)(x, train)
+    dense = functools.partial(WNDense, kernel_stddev=self.kernel_stddev)
     for width in self.widths:
-      x = nn.relu(WNDense(width, train_scale=False)(_with_label(x, label)))
+      x = nn.relu(dense(width, train_scale=False)(_with_label(x, label)))
       features = x
       x = GaussianNoise(self.hidden_noise, self.axis_name)(x, train)
     self.sow("intermediates", "features", features)
-    logits = WNDense(self.num_classes, train_scale=True)(_with_label(x, label))
+    logits = dense(self.num_classes, train_scale=True)(_with_label(x, label))
     return logits[:, 0] if self.num_classes == 1 else logits
