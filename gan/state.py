@@ -72,7 +72,9 @@ class GANState:
 def make_optimizer(
     optim: ml_collections.ConfigDict, num_steps: int
 ) -> optax.GradientTransformation:
-  """Adam for one player. `optim.decay="linear"` decays the rate to 0 over `num_steps`.
+  """Adam for one player. `optim.decay="linear"` decays the rate to 0 over `num_steps`;
+  "exponential" multiplies it by `optim.decay_rate` every `optim.decay_every`
+  steps from step `optim.decay_start` on (Triple-GAN's per-epoch annealing).
 
   `optim.eps` (default 1e-8) is added to Adam's denominator, `optim.eps_root`
   (default 0) under its square root: update = m / (sqrt(v + eps_root) + eps).
@@ -85,10 +87,21 @@ def make_optimizer(
   running or restored state without recompiling (`scale_learning_rates`).
   """
   learning_rate: float | optax.Schedule = optim.lr
-  if optim.get("decay", "none") == "linear":
+  decay = optim.get("decay", "none")
+  if decay == "linear":
     learning_rate = optax.linear_schedule(optim.lr, 0.0, num_steps)
-  elif optim.get("decay", "none") != "none":
-    raise ConfigError(f"unknown learning-rate decay {optim.decay!r}; use 'none' or 'linear'")
+  elif decay == "exponential":  # x decay_rate every decay_every steps from decay_start on
+    learning_rate = optax.exponential_decay(
+        optim.lr,
+        transition_steps=optim.decay_every,
+        decay_rate=optim.decay_rate,
+        transition_begin=optim.decay_start,
+        staircase=True,
+    )
+  elif decay != "none":
+    raise ConfigError(
+        f"unknown learning-rate decay {decay!r}; use 'none', 'linear' or 'exponential'"
+    )
   return optax.chain(
       optax.adam(
           learning_rate,

@@ -119,6 +119,15 @@ def test_triple_gan_losses_against_hand_computed_values():
       np.mean([np.log(2.0), np.log1p(np.e) - 1.0]),
       rtol=1e-6,
   )
+  # Entropy: example 0 is uniform (log 2); example 1 has p = (e, 1) / (e + 1).
+  p1 = np.array([np.e, 1.0]) / (np.e + 1.0)
+  np.testing.assert_allclose(
+      triple_gan.entropy(logits), np.mean([np.log(2.0), -np.sum(p1 * np.log(p1))]), rtol=1e-6
+  )
+  # Balance: -mean_k log(mean_i p_ik), smallest (log 2) for a balanced batch.
+  mean = (np.array([0.5, 0.5]) + p1) / 2
+  np.testing.assert_allclose(triple_gan.balance(logits), -np.mean(np.log(mean)), rtol=1e-5)
+  np.testing.assert_allclose(triple_gan.balance(jnp.array([[5.0, 0], [0, 5.0]])), np.log(2.0))
 
 
 def _setup(config, n=200):

@@ -164,3 +164,32 @@ def test_adam_epsilon_under_the_root_damps_tiny_gradients():
   # eps_root 1e-8, eps 0: -g / sqrt(g^2 + 1e-8): tiny gradients barely move.
   expected = -np.asarray([1e-6, 1e-4, 1e-1]) / np.sqrt(np.asarray([1e-12, 1e-8, 1e-2]) + 1e-8)
   np.testing.assert_allclose(first_step(eps=0.0, eps_root=1e-8), expected, rtol=1e-4)
+
+
+def test_exponential_decay_starts_late_and_steps_per_epoch():
+  import ml_collections
+
+  from gan import state as state_lib
+
+  optim = ml_collections.ConfigDict(
+      {
+          "lr": 1.0,
+          "b1": 0.5,
+          "b2": 0.999,
+          "decay": "exponential",
+          "decay_rate": 0.5,
+          "decay_every": 10,
+          "decay_start": 100,
+      }
+  )
+  tx = state_lib.make_optimizer(optim, num_steps=1000)
+  params = {"w": jax.numpy.zeros(())}
+  opt_state = tx.init(params)
+  sizes = []
+  for _ in range(125):  # Adam's first step on a constant gradient is -lr exactly
+    updates, opt_state = tx.update({"w": jax.numpy.ones(())}, opt_state, params)
+    sizes.append(-float(updates["w"]))
+  np.testing.assert_allclose(sizes[99], 1.0, rtol=1e-3)  # step 99: not yet decayed
+  np.testing.assert_allclose(sizes[105], 1.0, rtol=1e-3)  # within the first 10 after the start
+  np.testing.assert_allclose(sizes[112], 0.5, rtol=1e-3)
+  np.testing.assert_allclose(sizes[124], 0.25, rtol=1e-3)

@@ -45,6 +45,9 @@ def defaults() -> ml_collections.ConfigDict:
           "alpha": 0.5,
           "alpha_p": 0.1,
           "pseudo_start_step": 0,
+          # Triple-GAN: C's entropy and class-balance regularisers on unlabelled data.
+          "entropy_weight": 0.0,
+          "balance_weight": 0.0,
       }
   )
 

@@ -10,6 +10,7 @@ the classifier, and generated pairs (G(z, y_g), y_g) with balanced y_g:
   L_C = E[-log C(y_l | x_l)]                                        (R_L)
         + alpha E[(log(1 - D(x_u, y_c)) - b) log C(y_c | x_u)]      (adversarial)
         + alpha_P [step >= pseudo_start] E[-log C(y_g | G(z, y_g))]  (R_P)
+        + entropy_weight H(C(. | x_u)) + balance_weight CE(uniform, E C(. | x_u))
   L_G = E[-log D(G(z, y_g), y_g)]
 
 C's adversarial term is the score-function (REINFORCE) gradient of
@@ -17,7 +18,11 @@ alpha E_{y ~ C(.|x)}[log(1 - D(x, y))], the paper's term, because y is
 discrete; b, the batch mean of log(1 - D), is a baseline that lowers the
 variance without changing the expected gradient. G uses the non-saturating
 form of its term (its 1 - alpha factor is dropped: Adam is invariant to a
-constant scale). The updates run D, then C and G against the new D, then
+constant scale). The last two terms of L_C are regularisers of the paper's
+public code (weights 0.3 and 1e-3 there; 0 = off, the default): the mean
+entropy of C's predictions on unlabelled images, and the cross-entropy of the
+uniform distribution against C's mean prediction, which keeps every class in
+use. The updates run D, then C and G against the new D, then
 the EMAs of G (samples) and C (the classifier whose test error is reported).
 """
 
@@ -72,6 +77,25 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
+def entropy(logits: jax.Array) -> jax.Array:
+  """Mean entropy of C's predictions: lowering it makes C confident on unlabelled data."""
+  log_p = jax.nn.log_softmax(logits)
+  return -jnp.mean(jnp.sum(jnp.exp(log_p) * log_p, axis=-1))
+
+
+def balance(logits: jax.Array, axis_name: str | None = None) -> jax.Array:
+  """Cross-entropy of the uniform class distribution against C's mean prediction.
+
+  Smallest (log K) when the batch's predictions use every class equally; it
+  counters the entropy term's pull toward predicting a few classes. The mean is
+  over the global batch.
+  """
+  mean = jnp.mean(jax.nn.softmax(logits), axis=0)
+  if axis_name is not None:
+    mean = lax.pmean(mean, axis_name)
+  return -jnp.mean(jnp.log(mean + 1e-8))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StepConfig(step_lib.CommonStepConfig):
   """The static settings of a Triple-GAN step."""
@@ -81,6 +105,8 @@ class StepConfig(step_lib.CommonStepConfig):
   alpha: float
   alpha_p: float
   pseudo_start: int
+  entropy_weight: float
+  balance_weight: float
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
@@ -91,6 +117,8 @@ class StepConfig(step_lib.CommonStepConfig):
         alpha=config.semi.alpha,
         alpha_p=config.semi.alpha_p,
         pseudo_start=config.semi.pseudo_start_step,
+        entropy_weight=config.semi.get("entropy_weight", 0.0),
+        balance_weight=config.semi.get("balance_weight", 0.0),
     )
 
 
@@ -159,11 +187,13 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
       sup = cross_entropy(logits_l, y_l)
       adv = classifier_adversarial_loss(logits_u, y_c, d_on_classified, cfg.alpha, step_lib.AXIS)
       pseudo = cross_entropy(logits_g, y_g)
+      ent, bal = entropy(logits_u), balance(logits_u, step_lib.AXIS)
       loss = sup + adv + pseudo_weight * pseudo
-      return loss, (batch_stats, sup, adv, pseudo, logits_l, logits_u)
+      loss += cfg.entropy_weight * ent + cfg.balance_weight * bal
+      return loss, (batch_stats, sup, adv, pseudo, ent, bal, logits_l, logits_u)
 
     (c_loss, c_aux), c_grads = jax.value_and_grad(c_loss_fn, has_aux=True)(c.params)
-    c_batch_stats, sup, adv, pseudo, logits_l, logits_u = c_aux
+    c_batch_stats, sup, adv, pseudo, ent, bal, logits_l, logits_u = c_aux
     c_grads = lax.pmean(c_grads, step_lib.AXIS)
     c = c.apply_gradients(grads=c_grads, batch_stats=c_batch_stats)
 
@@ -202,6 +232,8 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
         "c/loss_sup": sup,
         "c/loss_adv": adv,
         "c/loss_pseudo": pseudo,
+        "c/entropy": ent,
+        "c/balance": bal,
         "c/pseudo_weight": pseudo_weight,
         "c/train_acc": jnp.mean(jnp.argmax(logits_l, -1) == y_l),
         # The unlabelled batch's true labels are used for this number only (monitoring).
