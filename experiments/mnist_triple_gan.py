@@ -66,6 +66,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   }
   for player in ("g", "d", "c"):
     config.optim[player] = ml_collections.ConfigDict(adam)
+  config.health.discriminator_wins.action = "log"  # G plays the usual game here
   config.semi.alpha = 0.5
   config.semi.alpha_p = 0.1
   config.semi.pseudo_start_step = anneal_start

@@ -65,7 +65,9 @@ import numpy as np
 from gan.evaluation import metrics
 
 DETECTORS = ("discriminator_wins", "mode_collapse", "divergence", "plateau")
-ACTIONS = ("log", "rollback", "early_stop", "stop")
+# "off" silences a detector (e.g. discriminator_wins for feature-matching semi-supervised
+# GANs, whose D is meant to win: see experiments/mnist_improved_gan.py).
+ACTIONS = ("off", "log", "rollback", "early_stop", "stop")
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -225,6 +227,8 @@ class Monitor:
     `test` names one of several tests of a detector (default: the detector), each
     with its own window and episode, so e.g. evaluations and log records do not mix.
     """
+    if self.config[name].action == "off":
+      return []
     test = test or name
     if since is None:
       window = self._window(test, int(self.config[name].get("window", 1)))
@@ -382,7 +386,7 @@ class Monitor:
             test=f"mode_collapse:{key}",
         )
     cfg = self.config.plateau
-    if self.metric and cfg.patience > 0 and self.metric in metrics:
+    if self.metric and cfg.patience > 0 and cfg.action != "off" and self.metric in metrics:
       value = float(metrics[self.metric])
       sign = 1.0 if self.mode == "min" else -1.0
       if self.best is None or sign * (self.best - value) > cfg.min_delta:

@@ -61,6 +61,13 @@ def test_discriminator_wins_on_rejected_samples_without_vanishing_gradient():
   assert [e.detector for e in events] == ["discriminator_wins"]
 
 
+def test_a_detector_switched_off_never_fires():
+  won = _healthy(0, **{"d/real_acc": 1.0, "d/fake_acc": 1.0, "d/fake_prob": 1e-4})
+  records = [_healthy(0)] * 5 + [won] * 20
+  assert [e.detector for e in _feed(_monitor(), records)] == ["discriminator_wins"]
+  assert _feed(_monitor(discriminator_wins={"action": "off"}), records) == []
+
+
 def test_warmup_silences_the_early_steps():
   won = _healthy(0, **{"d/real_acc": 1.0, "d/fake_acc": 1.0, "d/fake_prob": 0.0})
   collapsed = won | {"health/diversity": 0.0}
