@@ -3,7 +3,7 @@
 Layout of a workdir:
 
   config.json            the run's full config
-  metrics.jsonl          one JSON object per log step: {"step": ..., "d/loss": ...}
+  metrics.jsonl          one JSON object per log step: {"step", "d/loss", ..., "wall_time"}
   tensorboard/           the same scalars as TensorBoard events
   samples/step_XXXXXX.png  fixed-noise grid from the EMA generator (2D data: scatter plot)
   evals.jsonl            one record per evaluation: metrics with their protocol stamps
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -83,8 +84,9 @@ class MetricWriter:
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    """One record: the step, the scalars and `wall_time` (Unix seconds, as TensorBoard keeps)."""
     record = {"step": step, **{k: float(v) for k, v in scalars.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.write(json.dumps(record | {"wall_time": round(time.time(), 3)}) + "\n")
     self._jsonl.flush()
     for name, value in record.items():
       if name != "step":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -45,6 +46,8 @@ def test_writes_samples_metrics_and_checkpoints(smoke_config, toy_mnist, tmp_pat
   records = writers.read_metrics(str(tmp_path))
   assert [r["step"] for r in records] == [2, 4, 6]
   assert all(np.isfinite(r["d/loss"]) and r["perf/images_per_s"] > 0 for r in records)
+  times = [r["wall_time"] for r in records]  # Unix seconds: the curves against time
+  assert times == sorted(times) and abs(times[-1] - time.time()) < 600
   assert Checkpointer(str(tmp_path), keep=3).latest_step() == 6
   assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 16
   assert os.listdir(tmp_path / "tensorboard")
