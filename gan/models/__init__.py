@@ -5,16 +5,22 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from gan.models import dcgan, improved_gan, mlp, triple_gan
+from gan.models import dcgan, dcgan32, improved_gan, mlp, sngan, triple_gan
 from gan.utils import ConfigError
 
 GENERATORS: dict[str, type[nn.Module]] = {
     "dcgan28": dcgan.Generator28,
+    "dcgan32": dcgan32.Generator32,
+    "sngan_cnn32": sngan.CNNGenerator32,
+    "sngan_resnet32": sngan.ResNetGenerator32,
     "mlp": mlp.MLPGenerator,
     "improved_gan": improved_gan.ImprovedGANGenerator,
 }
 DISCRIMINATORS: dict[str, type[nn.Module]] = {
     "dcgan28": dcgan.Discriminator28,
+    "dcgan32": dcgan32.Discriminator32,
+    "sngan_cnn32": sngan.CNNDiscriminator32,
+    "sngan_resnet32": sngan.ResNetDiscriminator32,
     "mlp": mlp.MLPDiscriminator,
     "improved_gan": improved_gan.ImprovedGANDiscriminator,
 }
