@@ -6,7 +6,8 @@ Trains seed s in `W/seed_s` (`config.seed = s`; for semi-supervised runs the
 seed also picks the labelled subset, unless `config.semi.label_seed` pins
 it), one after the other, resuming any that were interrupted and skipping
 finished ones; then reads each run's `eval.json` and writes `W/seeds.json`:
-{"metric", "values": {seed: value}, "mean", "std" (sample std, ddof 1), "n"}.
+{"metric", "values": {seed: value}, "mean", "std" (sample std, ddof 1), "n",
+"wall_time_s": {seed: seconds of its training loop}}.
 `--metric` is a top-level key of eval.json ("test_error", the default) or
 "<evaluator>/<metric>" (e.g. "mnist_cnn/fcd"). Config overrides
 (`--config.num_steps=...`) apply to every seed.
@@ -26,7 +27,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from gan import data, utils  # noqa: E402
+from gan import data, utils, writers  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. experiments/mnist_improved_gan.py"
@@ -59,6 +60,16 @@ def summarise(values: dict[int, float], metric: str) -> dict[str, Any]:
   }
 
 
+def wall_time(run_dir: str) -> float | None:
+  """Seconds from a run's first to its last metrics record (None if they carry no wall_time).
+
+  This spans the training loop (and evaluations in it), not the start-up before
+  the first log step; a resumed run's pause counts too.
+  """
+  times = [r["wall_time"] for r in writers.read_metrics(run_dir) if "wall_time" in r]
+  return round(times[-1] - times[0], 1) if len(times) > 1 else None
+
+
 def run_seeds(config, workdir: str, seeds: list[int], metric: str) -> dict[str, Any]:
   """Trains (or resumes) every seed, then writes and returns `workdir/seeds.json`."""
   from gan import train  # noqa: PLC0415  (heavy; after flag parsing)
@@ -74,6 +85,9 @@ def run_seeds(config, workdir: str, seeds: list[int], metric: str) -> dict[str, 
       values[seed] = read_metric(json.load(f), metric)
     print(f"seed {seed}: {metric} = {values[seed]:.6g}", flush=True)
   summary = summarise(values, metric)
+  summary["wall_time_s"] = {
+      str(seed): wall_time(os.path.join(workdir, f"seed_{seed}")) for seed in seeds
+  }
   with open(os.path.join(workdir, "seeds.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary

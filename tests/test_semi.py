@@ -253,6 +253,8 @@ def test_seed_runner_reports_mean_and_std_over_label_subsets(tmp_path):
   np.testing.assert_allclose(summary["mean"], np.mean(errors))
   np.testing.assert_allclose(summary["std"], np.std(errors, ddof=1))
   assert json.loads((tmp_path / "seeds.json").read_text()) == summary
+  assert set(summary["wall_time_s"]) == {"0", "1"}
+  assert all(t is not None and 0 <= t < 600 for t in summary["wall_time_s"].values())
   subsets = [json.loads((tmp_path / f"seed_{s}" / "labelled.json").read_text()) for s in (0, 1)]
   assert subsets[0]["indices"] != subsets[1]["indices"]  # each seed its own labelled subset
   assert seeds.read_metric({"a": {"b": 2.0}}, "a/b") == 2.0
