@@ -19,6 +19,9 @@ Lim & Ye 2017 / Miyato et al. 2018 (hinge), Arjovsky et al. 2017
 One-sided label smoothing (Salimans et al. 2016) replaces the real target 1
 by `1 - smoothing` in the discriminator loss only; it is defined for the
 losses with targets (non_saturating, minimax, least_squares).
+
+`classification` is the auxiliary-classifier term of AC-GAN (Odena et al.
+2017), added to any of these by the step when D has a class head.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from gan.utils import ConfigError
 
@@ -91,6 +95,11 @@ LOSSES: dict[str, GANLoss] = {
         GANLoss("least_squares", _least_squares_d, _least_squares_g, supports_smoothing=True),
     )
 }
+
+
+def classification(class_logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean cross-entropy of class logits (B, K) against integer labels (B,)."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(class_logits, labels))
 
 
 def get(name: str, smoothing: float = 0.0) -> GANLoss:

@@ -159,7 +159,9 @@ def create(
   g_vars = G.init(g_key, z, train=False)
   # A packing discriminator (PacGAN) needs at least `pack` examples to judge.
   pack = config.model.d.get("pack", 1)
-  d_vars = D.init(d_key, jnp.zeros((pack, *image_shape), jnp.float32), train=False)
+  # A conditional D creates its label embedding (projection) only when given labels.
+  labels = {"y": jnp.zeros((pack,), jnp.int32)} if config.model.d.get("num_classes") else {}
+  d_vars = D.init(d_key, jnp.zeros((pack, *image_shape), jnp.float32), train=False, **labels)
   g = TrainState.create(
       apply_fn=G.apply,
       params=g_vars["params"],

@@ -9,15 +9,29 @@ unreplicated state); both give the same numbers.
 
 Results do not depend on the number of devices: gradients and metrics are
 averaged with `lax.pmean`, batch-norm statistics are averaged over the axis,
-and every random number (z, dropout masks, the data order) is a function of
-the step and of the example's index in the global batch.
+and every random number (z, labels, dropout masks, augmentations, the data
+order) is a function of the step and of the example's index in the global
+batch.
+
+Every training-mode pass of D (on reals, fakes, WGAN-GP's interpolates, and
+on fakes in G's update) applies it with "batch_stats" mutable and threads the
+result into the next pass, so spectral normalisation's power-iteration
+vectors advance once per pass (as PyTorch's `spectral_norm` hook does in
+every training-mode forward call) and a batch-norm D keeps running
+statistics; the step stores the last state in `state.d`. Outside
+the step (samples, evaluators, the health monitor's probes) D runs with
+train=False and reads that state without writing it.
+
+The stabilisers (penalties, DiffAugment, conditioning and the AC-GAN loss)
+and their config keys are listed in `StepConfig`; learning rates and their
+decay are `gan.state.make_optimizer`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -28,9 +42,10 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from gan import augment, losses, penalties
 from gan import data as data_lib
-from gan import losses
 from gan.state import GANState, TrainState, data_key
+from gan.utils import ConfigError
 
 AXIS = "data"
 Metrics = dict[str, jax.Array]
@@ -62,24 +77,84 @@ class CommonStepConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StepConfig(CommonStepConfig):
-  """The static settings of a GAN step."""
+  """The static settings of a GAN step.
+
+  Attributes (the config key in brackets, top level unless it says `model.`;
+  a missing key takes the default, which switches the feature off):
+    n_critic: D updates per G update [n_critic].
+    loss: the adversarial loss [loss].
+    label_smoothing: one-sided label smoothing [label_smoothing].
+    r1_gamma: gamma of the R1 penalty gamma/2 E ||grad_x D(x)||^2 on real data
+      [r1_gamma, 0.0].
+    r1_every: lazy regularisation (Karras et al. 2020, StyleGAN2): R1 only in
+      every k-th D update (D's step 0, k, 2k, ...) with weight k * gamma, the
+      same penalty on average for 1/k of its cost [r1_every, 1].
+    gp_weight: lambda of the WGAN-GP penalty lambda E (||grad D(x^)|| - 1)^2
+      at random interpolates x^ of real and fake images [gp_weight, 0.0].
+    diffaugment: DiffAugment operations applied to every image D sees in
+      training, e.g. ("color", "translation", "cutout") [diffaugment, ""].
+    g_classes: K of a conditional G; fakes are made from uniformly sampled
+      labels [model.g.num_classes, 0].
+    d_classes: K of a conditional D (projection and/or AC head), which is
+      given real labels with reals and the sampled labels with fakes; needs
+      g_classes = d_classes [model.d.num_classes, 0].
+    ac_head: D also returns class logits; their cross-entropy, weighted by
+      ac_weight, joins D's loss on reals and fakes and G's loss on fakes
+      (AC-GAN, Odena et al. 2017) [model.d.ac_head, False].
+    ac_weight: [ac_weight, 1.0].
+    minibatch_std: D's minibatch standard-deviation group size; the
+      per-device batch must be a multiple of it [model.d.minibatch_std, 0].
+    batch_fn: draws the data batch inside the step [dataset].
+  """
 
   n_critic: int
   loss: losses.GANLoss
   label_smoothing: float
-  r1_gamma: float
+  r1_gamma: float = 0.0
+  r1_every: int = 1
+  gp_weight: float = 0.0
+  diffaugment: tuple[str, ...] = ()
+  g_classes: int = 0
+  d_classes: int = 0
+  ac_head: bool = False
+  ac_weight: float = 1.0
+  minibatch_std: int = 0
   batch_fn: data_lib.BatchFn
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
+    g_classes = config.model.g.get("num_classes", 0)
+    d_classes = config.model.d.get("num_classes", 0)
+    if d_classes and g_classes != d_classes:
+      raise ConfigError(
+          f"a conditional D (model.d.num_classes={d_classes}) needs a G conditioned on the "
+          f"same classes; model.g.num_classes is {g_classes}"
+      )
+    r1_every = config.get("r1_every", 1)
+    if r1_every < 1:
+      raise ConfigError(f"r1_every must be a positive number of D updates, got {r1_every}")
     return cls(
         **cls.common(config),
         n_critic=config.n_critic,
         loss=losses.get(config.loss, config.label_smoothing),
         label_smoothing=config.label_smoothing,
         r1_gamma=config.get("r1_gamma", 0.0),
+        r1_every=r1_every,
+        gp_weight=config.get("gp_weight", 0.0),
+        diffaugment=augment.parse_policy(config.get("diffaugment", "")),
+        g_classes=g_classes,
+        d_classes=d_classes,
+        ac_head=config.model.d.get("ac_head", False),
+        ac_weight=config.get("ac_weight", 1.0),
+        minibatch_std=config.model.d.get("minibatch_std", 0),
         batch_fn=data_lib.batch_fn(config.dataset),
     )
+
+
+# Constants folded into a D pass's key to derive the streams of its augmentation and
+# of WGAN-GP's interpolation (the pass's key itself seeds D's dropout).
+_AUGMENT = 0xA06
+_INTERPOLATE = 0x6A9
 
 
 def global_example_ids(local_batch: int) -> jax.Array:
@@ -87,10 +162,20 @@ def global_example_ids(local_batch: int) -> jax.Array:
   return lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
 
 
+def example_keys(key: jax.Array, local_batch: int) -> jax.Array:
+  """One key per example of this device: `fold_in(key, i)` for its index i in the global batch."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(global_example_ids(local_batch))
+
+
 def sample_z(key: jax.Array, local_batch: int, z_dim: int) -> jax.Array:
   """Standard-normal latents; example i of the global batch always gets the same z."""
-  ids = global_example_ids(local_batch)
-  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (z_dim,)))(ids)
+  return jax.vmap(lambda k: jax.random.normal(k, (z_dim,)))(example_keys(key, local_batch))
+
+
+def sample_labels(key: jax.Array, local_batch: int, num_classes: int) -> jax.Array:
+  """Uniform class labels in [0, num_classes), drawn per example like `sample_z`."""
+  keys = example_keys(key, local_batch)
+  return jax.vmap(lambda k: jax.random.randint(k, (), 0, num_classes))(keys)
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
@@ -130,63 +215,161 @@ def d_metrics(loss, real: jax.Array, fake: jax.Array, grads: Any) -> Metrics:
   }
 
 
-def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
-  """Builds the per-device step for generator `G` and discriminator `D`."""
+class StepFunctions(NamedTuple):
+  """The players' passes and losses of one update, per device (under the named axis AXIS).
 
-  def generate(g: TrainState, params: Any, z: jax.Array):
-    fake, mutated = G.apply(g.variables(params), z, train=True, mutable=["batch_stats"])
+  generate(g, params, z, y) -> (images, G's new batch_stats); y is None for an
+    unconditional G.
+  d_loss(params, d, real, real_y, fake, fake_y, real_key, fake_key) ->
+    (loss, (real_logits, fake_logits, aux metrics, D's new batch_stats)); D's
+    loss as a function of its `params`, with its other variables from the
+    TrainState `d`; labels are None for an unconditional D.
+  g_loss(params, g, d, z, y, key) -> (loss, (fake_logits, aux metrics,
+    G's new batch_stats, D's new batch_stats)); G's loss as a function of `params`.
+  """
+
+  generate: Callable[..., tuple[jax.Array, Any]]
+  d_loss: Callable[..., tuple[jax.Array, Any]]
+  g_loss: Callable[..., tuple[jax.Array, Any]]
+
+
+def make_step_functions(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFunctions:
+  """Builds the passes and losses that `make_train_step` differentiates."""
+
+  def generate(g: TrainState, params: Any, z: jax.Array, y: jax.Array | None):
+    labels = {"y": y} if cfg.g_classes else {}
+    fake, mutated = G.apply(g.variables(params), z, train=True, mutable=["batch_stats"], **labels)
     return fake, mutated.get("batch_stats", {})
 
-  def discriminate(d: TrainState, params: Any, x: jax.Array, key: jax.Array) -> jax.Array:
-    return D.apply(d.variables(params), x, train=True, rngs={"dropout": key})
-
-  def d_update(g: TrainState, d: TrainState, real: jax.Array, key: jax.Array):
-    z_key, real_key, fake_key = jax.random.split(key, 3)
-    fake, batch_stats = generate(g, g.params, sample_z(z_key, real.shape[0], cfg.z_dim))
-    fake = lax.stop_gradient(fake)
-
-    def loss_fn(params):
-      aux = {}
-      if cfg.r1_gamma:
-        # R1 (Mescheder et al. 2018): gamma/2 E ||grad_x D(x)||^2 on real data.
-        real_logits, d_real_vjp = jax.vjp(lambda x: discriminate(d, params, x, real_key), real)
-        (input_grad,) = d_real_vjp(jnp.ones_like(real_logits))
-        aux["r1"] = jnp.mean(jnp.sum(input_grad.reshape(real.shape[0], -1) ** 2, axis=1))
-      else:
-        real_logits = discriminate(d, params, real, real_key)
-      fake_logits = discriminate(d, params, fake, fake_key)
-      loss = cfg.loss.d(real_logits, fake_logits, cfg.label_smoothing)
-      if cfg.r1_gamma:
-        loss = loss + 0.5 * cfg.r1_gamma * aux["r1"]
-      return loss, (real_logits, fake_logits, aux)
-
-    (loss, (real_logits, fake_logits, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        d.params
+  def discriminate(params: Any, batch_stats: Any, x: jax.Array, y: jax.Array | None, key):
+    """D in training mode on DiffAugment(x): logits, class logits (or None), new batch_stats."""
+    if cfg.diffaugment:
+      keys = example_keys(jax.random.fold_in(key, _AUGMENT), x.shape[0])
+      x = augment.diff_augment(x, cfg.diffaugment, keys)
+    variables = {"params": params} | ({"batch_stats": batch_stats} if batch_stats else {})
+    labels = {"y": y} if cfg.d_classes else {}
+    out, mutated = D.apply(
+        variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"], **labels
     )
+    logits, class_logits = out if cfg.ac_head else (out, None)
+    return logits, class_logits, mutated.get("batch_stats", {})
+
+  def r1_pass(on_real: Callable, real: jax.Array, d_step: jax.Array):
+    """D on the reals and the R1 penalty (0 in the updates that lazy regularisation skips)."""
+
+    def penalised():
+      logits, aux, grad = penalties.input_gradient(on_real, real)
+      return logits, aux, penalties.r1(grad)
+
+    def skipped():
+      logits, aux = on_real(real)
+      return logits, aux, jnp.zeros((), logits.dtype)
+
+    if cfg.r1_every == 1:
+      return penalised()
+    return lax.cond(d_step % cfg.r1_every == 0, penalised, skipped)
+
+  def d_loss(params, d: TrainState, real, real_y, fake, fake_y, real_key, fake_key):
+    aux = {}
+
+    def on_real(x):
+      logits, class_logits, batch_stats = discriminate(params, d.batch_stats, x, real_y, real_key)
+      return logits, (class_logits, batch_stats)
+
+    if cfg.r1_gamma:
+      real_logits, (real_classes, batch_stats), aux["r1"] = r1_pass(on_real, real, d.step)
+    else:
+      real_logits, (real_classes, batch_stats) = on_real(real)
+    fake_logits, fake_classes, batch_stats = discriminate(
+        params, batch_stats, fake, fake_y, fake_key
+    )
+    loss = cfg.loss.d(real_logits, fake_logits, cfg.label_smoothing)
+    if cfg.r1_gamma:
+      loss = loss + 0.5 * cfg.r1_gamma * cfg.r1_every * aux["r1"]
+    if cfg.gp_weight:
+      # Interpolates are judged with the real images' labels.
+      mix_key, pass_key = jax.random.split(jax.random.fold_in(real_key, _INTERPOLATE))
+      mixed = penalties.interpolate(real, fake, example_keys(mix_key, real.shape[0]))
+
+      def on_mixed(x):
+        logits, _, new_stats = discriminate(params, batch_stats, x, real_y, pass_key)
+        return logits, new_stats
+
+      _, batch_stats, grad = penalties.input_gradient(on_mixed, mixed)
+      aux["gp"] = penalties.gradient_penalty(grad)
+      loss = loss + cfg.gp_weight * aux["gp"]
+    if cfg.ac_head:
+      aux["ac_loss"] = losses.classification(real_classes, real_y) + losses.classification(
+          fake_classes, fake_y
+      )
+      aux["real_class_acc"] = jnp.mean(jnp.argmax(real_classes, axis=-1) == real_y)
+      aux["fake_class_acc"] = jnp.mean(jnp.argmax(fake_classes, axis=-1) == fake_y)
+      loss = loss + cfg.ac_weight * aux["ac_loss"]
+    return loss, (real_logits, fake_logits, aux, batch_stats)
+
+  def g_loss(params, g: TrainState, d: TrainState, z, y, key):
+    fake, g_stats = generate(g, params, z, y)
+    fake_logits, fake_classes, d_stats = discriminate(d.params, d.batch_stats, fake, y, key)
+    loss = cfg.loss.g(fake_logits)
+    aux = {}
+    if cfg.ac_head:
+      aux["ac_loss"] = losses.classification(fake_classes, y)
+      loss = loss + cfg.ac_weight * aux["ac_loss"]
+    return loss, (fake_logits, aux, g_stats, d_stats)
+
+  return StepFunctions(generate, d_loss, g_loss)
+
+
+def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
+  """Builds the per-device step for generator `G` and discriminator `D`."""
+  fns = make_step_functions(cfg, G, D)
+
+  def latents(key: jax.Array, local_batch: int) -> tuple[jax.Array, jax.Array | None]:
+    """z and, for a conditional G, the labels of this device's fakes."""
+    if not cfg.g_classes:
+      return sample_z(key, local_batch, cfg.z_dim), None
+    z_key, label_key = jax.random.split(key)
+    return sample_z(z_key, local_batch, cfg.z_dim), sample_labels(
+        label_key, local_batch, cfg.g_classes
+    )
+
+  def d_update(g: TrainState, d: TrainState, batch: dict[str, jax.Array], key: jax.Array):
+    z_key, real_key, fake_key = jax.random.split(key, 3)
+    real = batch["image"]
+    z, fake_y = latents(z_key, real.shape[0])
+    fake, batch_stats = fns.generate(g, g.params, z, fake_y)
+    fake = lax.stop_gradient(fake)
+    real_y = batch["label"] if cfg.d_classes else None
+    (loss, (real_logits, fake_logits, aux, d_stats)), grads = jax.value_and_grad(
+        fns.d_loss, has_aux=True
+    )(d.params, d, real, real_y, fake, fake_y, real_key, fake_key)
     grads = lax.pmean(grads, AXIS)
     metrics = d_metrics(loss, real_logits, fake_logits, grads) | aux
-    return d.apply_gradients(grads=grads), g.replace(batch_stats=batch_stats), metrics
+    d = d.apply_gradients(grads=grads, batch_stats=d_stats)
+    return d, g.replace(batch_stats=batch_stats), metrics
 
   def g_update(g: TrainState, d: TrainState, local_batch: int, key: jax.Array):
     z_key, dropout_key = jax.random.split(key)
-    z = sample_z(z_key, local_batch, cfg.z_dim)
-
-    def loss_fn(params):
-      fake, batch_stats = generate(g, params, z)
-      fake_logits = discriminate(d, d.params, fake, dropout_key)
-      return cfg.loss.g(fake_logits), (batch_stats, fake_logits)
-
-    (loss, (batch_stats, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(g.params)
+    z, y = latents(z_key, local_batch)
+    (loss, (fake_logits, aux, g_stats, d_stats)), grads = jax.value_and_grad(
+        fns.g_loss, has_aux=True
+    )(g.params, g, d, z, y, dropout_key)
     grads = lax.pmean(grads, AXIS)
     metrics = {
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "fake_logit": jnp.mean(fake_logits),
-    }
-    return g.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+    } | aux
+    g = g.apply_gradients(grads=grads, batch_stats=g_stats)
+    return g, d.replace(batch_stats=d_stats), metrics
 
   def train_step(state: GANState, data: dict[str, jax.Array]) -> tuple[GANState, Metrics]:
     local_batch = cfg.global_batch // lax.axis_size(AXIS)
+    if cfg.minibatch_std and local_batch % cfg.minibatch_std:
+      raise ConfigError(
+          f"model.d.minibatch_std={cfg.minibatch_std} needs a per-device batch that is a "
+          f"multiple of it, got {local_batch}"
+      )
     step_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x57E9), state.step)
     d_keys_root, g_key = jax.random.split(step_key)
 
@@ -196,8 +379,8 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     g, d, perm = state.g, state.d, state.data_perm
     for i in range(cfg.n_critic):
       perm, batch = cfg.batch_fn(data, perm, data_key(state.rng), d.step, cfg.global_batch, AXIS)
-      d, g, d_metrics = d_update(g, d, batch["image"], jax.random.fold_in(d_keys_root, i))
-    g, g_metrics = g_update(g, d, local_batch, g_key)
+      d, g, d_metrics = d_update(g, d, batch, jax.random.fold_in(d_keys_root, i))
+    g, d, g_metrics = g_update(g, d, local_batch, g_key)
 
     decay = ema_decay_at(state.step, cfg.ema_decay)
     g_ema = ema_update(state.g_ema, g.params, decay)

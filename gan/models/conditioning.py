@@ -1,4 +1,5 @@
-"""Parts the 32x32 networks share: spectral normalisation, class conditioning, D's head.
+"""Parts the 32x32 networks share: spectral normalisation, class conditioning, D's head,
+the minibatch standard-deviation channel.
 
 Spectral normalisation (Miyato et al. 2018) divides a layer's weight W by an
 estimate of its largest singular value, so each layer is (about) 1-Lipschitz.
@@ -42,6 +43,17 @@ Class conditioning, `num_classes` = K > 0 (0: unconditional):
 Return convention of every discriminator built on `discriminator_head`: the
 real/fake logits, shape (B,); with `ac_head=True` the pair
 `(logits (B,), class_logits (B, K))`. The class logits never see y.
+
+Minibatch standard deviation (Karras et al. 2018, Sec. 3), `minibatch_std` =
+group size G > 0 on a discriminator: the batch is cut into groups of G
+consecutive examples; in each group the standard deviation of every feature
+at every position is taken over the group's examples, averaged into one
+number, and appended as a constant channel to each of the group's feature
+maps, so D can see how varied a batch is. Groups are consecutive examples
+(the paper's code interleaves them, which ties the groups to the batch size),
+so they never straddle two devices and a batch split over devices gets the
+same statistics whenever the per-device batch is a multiple of G (the
+training step checks this).
 """
 
 from __future__ import annotations
@@ -76,6 +88,25 @@ def spectral(layer: nn.Module, x: jax.Array, *, enabled: bool, train: bool) -> j
   for name, value in initial.items():
     layer.put_variable("params", name, value)
   return y
+
+
+def minibatch_stddev(x: jax.Array, group_size: int) -> jax.Array:
+  """Features x (B, H, W, C) with the minibatch standard-deviation channel appended: (B, H, W, C+1).
+
+  A batch smaller than `group_size` is one group (as at initialisation).
+  """
+  batch = x.shape[0]
+  group = min(group_size, batch)
+  if batch % group:
+    raise ValueError(f"minibatch_std: batch {batch} is not a multiple of the group size {group}")
+  groups = x.reshape(batch // group, group, *x.shape[1:])
+  # The biased variance over the group and the 1e-8 under the root, as in the paper's code.
+  std = jnp.sqrt(jnp.var(groups, axis=1) + 1e-8)
+  statistic = jnp.mean(std.reshape(batch // group, -1), axis=1)
+  channel = jnp.broadcast_to(
+      jnp.repeat(statistic, group)[:, None, None, None], (*x.shape[:-1], 1)
+  ).astype(x.dtype)
+  return jnp.concatenate([x, channel], axis=-1)
 
 
 def generator_labels(y: jax.Array | None, batch: int, num_classes: int) -> jax.Array | None:

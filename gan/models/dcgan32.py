@@ -17,8 +17,9 @@ norm can be switched off (`batch_norm=False`, the convolutions then get biases),
 the usual choice together with `spectral_norm=True`; with batch norm, D keeps
 batch statistics and averages them over `axis_name` in training, like G.
 
-Conditioning, spectral normalisation, the projection and AC heads and D's
-return convention are those of `gan.models.conditioning`; D `sow`s its
+Conditioning, spectral normalisation, the projection and AC heads, D's
+return convention and the optional minibatch standard-deviation channel
+(`minibatch_std`) are those of `gan.models.conditioning`; D `sow`s its
 flattened features ("intermediates"/"features") for the health monitor.
 """
 
@@ -35,6 +36,7 @@ from gan.models.conditioning import (
     ConditionalBatchNorm,
     discriminator_head,
     generator_labels,
+    minibatch_stddev,
     spectral,
 )
 
@@ -81,6 +83,9 @@ class Discriminator32(nn.Module):
     projection: with K > 0, add the projection term <embed(y), phi(x)>.
     ac_head: also return class logits (needs K > 0).
     spectral_norm: spectrally normalise every weight.
+    minibatch_std: group size of a minibatch standard-deviation channel
+      appended before the last convolution (0: none; see
+      `gan.models.conditioning`).
     axis_name: data-parallel axis over which D's batch statistics are averaged.
   """
 
@@ -90,11 +95,14 @@ class Discriminator32(nn.Module):
   projection: bool = True
   ac_head: bool = False
   spectral_norm: bool = False
+  minibatch_std: int = 0
   axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, y: jax.Array | None = None):
     for i, multiple in enumerate((1, 2, 4)):
+      if i == 2 and self.minibatch_std:
+        x = minibatch_stddev(x, self.minibatch_std)
       normalised = self.batch_norm and i > 0
       conv = nn.Conv(
           multiple * self.width,

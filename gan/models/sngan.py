@@ -38,8 +38,9 @@ momentum 0.9 and epsilon 2e-5 (Chainer's defaults, the authors' framework).
 Parameter counts at the default widths are in `tests/test_cifar_models.py`.
 
 Conditioning (`num_classes`), spectral normalisation (`spectral_norm`, on by
-default: these are SNGAN's discriminators), the projection and AC heads and
-D's return convention are described in `gan.models.conditioning`. Every D
+default: these are SNGAN's discriminators), the projection and AC heads, D's
+return convention and the optional minibatch standard-deviation channel
+(`minibatch_std`, off by default) are described in `gan.models.conditioning`. Every D
 `sow`s its features phi(x) ("intermediates"/"features") for the health monitor.
 """
 
@@ -56,6 +57,7 @@ from gan.models.conditioning import (
     ConditionalBatchNorm,
     discriminator_head,
     generator_labels,
+    minibatch_stddev,
     spectral,
 )
 
@@ -119,6 +121,9 @@ class CNNDiscriminator32(nn.Module):
     ac_head: also return class logits (needs K > 0).
     spectral_norm: spectrally normalise every weight (convolutions, dense
       layers, the embedding).
+    minibatch_std: group size of a minibatch standard-deviation channel
+      appended before the last convolution (0: none; see
+      `gan.models.conditioning`).
     axis_name: unused (no batch statistics); kept for the registry interface.
   """
 
@@ -127,12 +132,15 @@ class CNNDiscriminator32(nn.Module):
   projection: bool = True
   ac_head: bool = False
   spectral_norm: bool = True
+  minibatch_std: int = 0
   axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, y: jax.Array | None = None):
     for i, multiple in enumerate((1, 1, 2, 2, 4, 4, 8)):
       size, stride = (3, 1) if i % 2 == 0 else (4, 2)  # 3x3 convolutions, 4x4 s2 between
+      if i == 6 and self.minibatch_std:
+        x = minibatch_stddev(x, self.minibatch_std)
       conv = nn.Conv(
           multiple * self.width,
           (size, size),
@@ -228,6 +236,9 @@ class ResNetDiscriminator32(nn.Module):
     width: channels of every block.
     num_classes, projection, ac_head, spectral_norm, axis_name: as for
       `CNNDiscriminator32`.
+    minibatch_std: group size of a minibatch standard-deviation channel
+      appended before the last block, which then has a 1x1 shortcut
+      convolution (0: none).
   """
 
   width: int = 128
@@ -235,6 +246,7 @@ class ResNetDiscriminator32(nn.Module):
   projection: bool = True
   ac_head: bool = False
   spectral_norm: bool = True
+  minibatch_std: int = 0
   axis_name: str | None = None
 
   @nn.compact
@@ -243,6 +255,8 @@ class ResNetDiscriminator32(nn.Module):
     x = block(downsample=True, first=True)(x, train)
     x = block(downsample=True)(x, train)
     x = block()(x, train)
+    if self.minibatch_std:
+      x = minibatch_stddev(x, self.minibatch_std)
     x = block()(x, train)
     features = jnp.sum(nn.relu(x), axis=(1, 2))  # global sum pooling, as in the paper
     return discriminator_head(self, features, y, train=train, use_bias=False, kernel_init=_GLOROT)
