@@ -50,7 +50,7 @@ def _series(records: list[dict[str, float]]) -> dict[str, tuple[np.ndarray, np.n
   out: dict[str, tuple[list[int], list[float]]] = {}
   for step in sorted(by_step):
     for key, value in by_step[step].items():
-      if key != "step":
+      if key not in ("step", "wall_time", "start_time"):
         out.setdefault(key, ([], []))
         out[key][0].append(step)
         out[key][1].append(value)

@@ -61,13 +61,28 @@ def summarise(values: dict[int, float], metric: str) -> dict[str, Any]:
 
 
 def wall_time(run_dir: str) -> float | None:
-  """Seconds from a run's first to its last metrics record (None if they carry no wall_time).
+  """Seconds a run spent in its training loops (None if its records carry no wall_time).
 
-  This spans the training loop (and evaluations in it), not the start-up before
-  the first log step; a resumed run's pause counts too.
+  Each process that trained the run (the first, then every resume) counts from
+  its first record's `start_time` (when its writer opened, after loading the
+  data and state) to its last record, so the pauses between a stopped run and
+  its resume are left out and steps redone after a resume count again. Records
+  written before `start_time` existed mark a resume only by a step that does
+  not advance, and count from their first record.
   """
-  times = [r["wall_time"] for r in writers.read_metrics(run_dir) if "wall_time" in r]
-  return round(times[-1] - times[0], 1) if len(times) > 1 else None
+  segments: list[list[float]] = []
+  last_step = None
+  for record in writers.read_metrics(run_dir):
+    if "wall_time" not in record:
+      continue
+    resumed = last_step is not None and record["step"] <= last_step
+    if not segments or "start_time" in record or resumed:
+      segments.append([record.get("start_time", record["wall_time"])])
+    segments[-1].append(record["wall_time"])
+    last_step = record["step"]
+  if not segments or sum(len(s) for s in segments) < 2:
+    return None
+  return round(sum(s[-1] - s[0] for s in segments), 1)
 
 
 def run_seeds(config, workdir: str, seeds: list[int], metric: str) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Layout of a workdir:
 
   config.json            the run's full config
-  metrics.jsonl          one JSON object per log step: {"step", "d/loss", ..., "wall_time"}
+  metrics.jsonl          one JSON object per log step: {"step", "d/loss", ..., "wall_time"};
+                         a process's first record also has "start_time" (when its writer
+                         opened), so a resumed run's pauses can be told from its work
   tensorboard/           the same scalars as TensorBoard events
   samples/step_XXXXXX.png  fixed-noise grid from the EMA generator (2D data: scatter plot)
   evals.jsonl            one record per evaluation: metrics with their protocol stamps
@@ -82,11 +84,15 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._jsonl = open(self.path, "a")  # noqa: SIM115  (kept open for the run)
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._start_time: float | None = round(time.time(), 3)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """One record: the step, the scalars and `wall_time` (Unix seconds, as TensorBoard keeps)."""
     record = {"step": step, **{k: float(v) for k, v in scalars.items()}}
-    self._jsonl.write(json.dumps(record | {"wall_time": round(time.time(), 3)}) + "\n")
+    times = {"wall_time": round(time.time(), 3)}
+    if self._start_time is not None:
+      times["start_time"], self._start_time = self._start_time, None
+    self._jsonl.write(json.dumps(record | times) + "\n")
     self._jsonl.flush()
     for name, value in record.items():
       if name != "step":

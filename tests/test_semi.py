@@ -260,3 +260,22 @@ def test_seed_runner_reports_mean_and_std_over_label_subsets(tmp_path):
   assert seeds.read_metric({"a": {"b": 2.0}}, "a/b") == 2.0
   with pytest.raises(ConfigError):
     seeds.read_metric(values[0], "nothing")
+
+
+def test_wall_time_leaves_out_the_pause_before_a_resume(tmp_path):
+  from gan import seeds  # noqa: PLC0415
+
+  records = [
+      # First process: writer opened at t=100, records until t=160 (step 300).
+      {"step": 100, "start_time": 100.0, "wall_time": 120.0},
+      {"step": 200, "wall_time": 140.0},
+      {"step": 300, "wall_time": 160.0},
+      # Resumed an hour later from the step-300 checkpoint: the step still advances.
+      {"step": 400, "start_time": 3760.0, "wall_time": 3790.0},
+      {"step": 500, "wall_time": 3800.0},
+      # An older record format (no start_time) resumed from step 400: the step goes back.
+      {"step": 450, "wall_time": 9000.0},
+      {"step": 500, "wall_time": 9005.0},
+  ]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  assert seeds.wall_time(str(tmp_path)) == (160 - 100) + (3800 - 3760) + (9005 - 9000)
