@@ -385,3 +385,63 @@ def test_batch_statistics_averaged_over_devices_like_the_whole_batch():
         stats_whole,
         stats_split,
     )
+
+
+def _dtypes(tree) -> set[str]:
+  return {str(x.dtype) for x in jax.tree.leaves(tree)}
+
+
+@pytest.mark.parametrize(("name", "width"), SMALL)
+def test_bfloat16_compute_with_float32_parameters_outputs_and_logits(name, width):
+  model = ml_collections.ConfigDict(
+      {
+          "generator": name,
+          "discriminator": name,
+          "g": {"width": width, "num_classes": K},
+          "d": {"width": width, "num_classes": K, "ac_head": True, "spectral_norm": True},
+          "dtype": "bfloat16",
+      }
+  )
+  G, D = models.build(model, axis_name=None)
+  model.dtype = "float32"
+  G32, D32 = models.build(model, axis_name=None)
+  z, y = jax.random.normal(jax.random.PRNGKey(0), (4, 16)), jnp.arange(4) % K
+  g_vars = jax.jit(lambda: G.init(jax.random.PRNGKey(1), z, train=False))()
+  d_vars = jax.jit(lambda: D.init(jax.random.PRNGKey(2), IMAGES, train=False, y=LABELS))()
+  assert _dtypes(g_vars) == _dtypes(d_vars) == {"float32"}  # parameters and their statistics
+
+  @functools.partial(jax.jit, static_argnums=(0, 1))
+  def run(G, D):
+    images, g_out = G.apply(
+        g_vars, z, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True
+    )
+    logits, d_out = D.apply(
+        d_vars, images, train=False, y=y, mutable=["intermediates"], capture_intermediates=True
+    )
+    return images, logits, g_out["intermediates"], d_out["intermediates"]
+
+  images, logits, g_inner, d_inner = run(G, D)
+  images32, logits32, _, _ = run(G32, D32)
+  # Every layer of G computes in bfloat16; the images leave G as float32.
+  assert images.dtype == jnp.float32
+  g_layers = {k: v for k, v in traverse_util.flatten_dict(g_inner).items() if k != ("__call__",)}
+  assert len(g_layers) > 5 and _dtypes(g_layers) == {"bfloat16"}, _dtypes(g_layers)
+  np.testing.assert_allclose(images, images32, atol=0.05)  # bfloat16: ~3 significant digits
+  # D's convolutions compute in bfloat16, its head in float32.
+  d_layers = traverse_util.flatten_dict(d_inner)
+  convs = [v for k, v in d_layers.items() if "conv" in "/".join(k) and k[-1] == "__call__"]
+  assert convs and _dtypes(convs) == {"bfloat16"}
+  assert _dtypes(logits) == {"float32"}  # real/fake and class logits
+  for got, want in zip(logits, logits32, strict=True):
+    np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05 * float(jnp.max(jnp.abs(want))))
+
+
+def test_bfloat16_is_refused_by_networks_without_a_dtype():
+  model = ml_collections.ConfigDict(
+      {"generator": "dcgan28", "discriminator": "dcgan28", "g": {}, "d": {}, "dtype": "bfloat16"}
+  )
+  with pytest.raises(models.ConfigError, match="dcgan28.*float32 only"):
+    models.build(model, axis_name=None)
+  model.dtype = "float16"
+  with pytest.raises(models.ConfigError, match="unknown model.dtype"):
+    models.build(model, axis_name=None)

@@ -1,8 +1,17 @@
-"""Model registry: experiment configs choose generator, discriminator (and classifier) by name."""
+"""Model registry: experiment configs choose generator, discriminator (and classifier) by name.
+
+`config.model.dtype` is the players' computation dtype: "float32" (the default)
+or "bfloat16" for mixed precision (bfloat16 compute, float32 parameters and
+optimizer state; see `gan.models.conditioning`). Only networks with a `dtype`
+attribute (the 32x32 ones) accept "bfloat16".
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
 from gan.models import dcgan, dcgan32, improved_gan, mlp, sngan, triple_gan
@@ -34,11 +43,31 @@ def _lookup(registry: dict[str, type[nn.Module]], name: str, kind: str) -> type[
   return registry[name]
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _dtype_kwargs(model: ml_collections.ConfigDict, G: type[nn.Module], D: type[nn.Module]):
+  """{"dtype": ...} for a mixed-precision config, {} for float32 (every network's default)."""
+  name = model.get("dtype", "float32")
+  if name not in DTYPES:
+    raise ConfigError(f"unknown model.dtype {name!r}; choose one of {sorted(DTYPES)}")
+  if name == "float32":
+    return {}
+  for module, registered in ((G, model.generator), (D, model.discriminator)):
+    if "dtype" not in {field.name for field in dataclasses.fields(module)}:
+      raise ConfigError(
+          f"model.dtype={name!r}: {registered!r} computes in float32 only; mixed precision is "
+          "implemented in the 32x32 networks (dcgan32, sngan_cnn32, sngan_resnet32)"
+      )
+  return {"dtype": DTYPES[name]}
+
+
 def build(model: ml_collections.ConfigDict, axis_name: str | None) -> tuple[nn.Module, nn.Module]:
   """Returns (generator, discriminator) modules for `config.model`."""
   G = _lookup(GENERATORS, model.generator, "generator")
   D = _lookup(DISCRIMINATORS, model.discriminator, "discriminator")
-  return G(axis_name=axis_name, **model.g), D(axis_name=axis_name, **model.d)
+  dtype = _dtype_kwargs(model, G, D)
+  return G(axis_name=axis_name, **dtype, **model.g), D(axis_name=axis_name, **dtype, **model.d)
 
 
 def build_classifier(model: ml_collections.ConfigDict, axis_name: str | None) -> nn.Module | None:

@@ -44,6 +44,17 @@ Return convention of every discriminator built on `discriminator_head`: the
 real/fake logits, shape (B,); with `ac_head=True` the pair
 `(logits (B,), class_logits (B, K))`. The class logits never see y.
 
+Mixed precision (`dtype`, an attribute of every 32x32 network; `config.model.dtype`
+chooses it, see `gan.models.build`): with `dtype=jnp.bfloat16` the convolutions,
+dense layers and batch norms compute in bfloat16 while every parameter, batch-norm
+statistic and power-iteration vector stays float32 (`param_dtype`), so gradients and
+the optimizer state are float32 too. Batch norm reduces its statistics in float32,
+spectral normalisation runs its power iteration and divides W by sigma in float32
+before the layer casts W / sigma to bfloat16, and D's head (`discriminator_head`)
+runs in float32 on float32 features, so logits and losses are float32. A generator
+returns float32 images. bfloat16 has float32's exponent range, so no loss scaling is
+needed (float16 would; it is not offered).
+
 Minibatch standard deviation (Karras et al. 2018, Sec. 3), `minibatch_std` =
 group size G > 0 on a discriminator: the batch is cut into groups of G
 consecutive examples; in each group the standard deviation of every feature
@@ -58,6 +69,7 @@ training step checks this).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -127,12 +139,14 @@ class ConditionalBatchNorm(nn.Module):
     epsilon: added to the variance.
     axis_name: data-parallel axis over which batch statistics are averaged in
       training, so a batch split over devices normalises like the whole batch.
+    dtype: computation dtype (statistics are reduced, and kept, in float32).
   """
 
   num_classes: int = 0
   momentum: float = 0.9
   epsilon: float = 1e-5
   axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array | None, train: bool) -> jax.Array:
@@ -144,6 +158,7 @@ class ConditionalBatchNorm(nn.Module):
         use_scale=not conditional,
         use_bias=not conditional,
         axis_name=self.axis_name if train else None,
+        dtype=self.dtype,
         name="norm",
     )(x)
     if not conditional:
@@ -151,8 +166,9 @@ class ConditionalBatchNorm(nn.Module):
     if y is None:
       raise ValueError("a conditional batch norm needs labels y")
     features = x.shape[-1]
-    gamma = nn.Embed(self.num_classes, features, embedding_init=nn.initializers.ones, name="scale")
-    beta = nn.Embed(self.num_classes, features, embedding_init=nn.initializers.zeros, name="shift")
+    table = functools.partial(nn.Embed, self.num_classes, features, dtype=self.dtype)
+    gamma = table(embedding_init=nn.initializers.ones, name="scale")
+    beta = table(embedding_init=nn.initializers.zeros, name="shift")
     # (B, C) -> (B, 1, ..., 1, C), broadcast over the spatial axes.
     expand = (x.shape[0],) + (1,) * (x.ndim - 2) + (features,)
     return x * gamma(y).reshape(expand) + beta(y).reshape(expand)
@@ -172,12 +188,13 @@ def discriminator_head(
   Call from the discriminator `D`'s compact `__call__`: its attributes
   `num_classes`, `projection`, `ac_head` and `spectral_norm` choose the head,
   whose layers are named "dense", "embed" (projection) and "classifier" (AC
-  head) in D's scope. `sow`s the features ("intermediates"/"features") for the
-  health monitor. See the module docstring for the formula and the return
-  convention.
+  head) in D's scope. The head computes in float32, whatever D's `dtype`.
+  `sow`s the features ("intermediates"/"features") for the health monitor. See
+  the module docstring for the formula and the return convention.
   """
   if D.ac_head and not D.num_classes:
     raise ValueError("an AC head needs num_classes > 0")
+  features = features.astype(jnp.float32)  # a bfloat16 D's head still computes in float32
   D.sow("intermediates", "features", features)
   sn = {"enabled": D.spectral_norm, "train": train}
   dense = nn.Dense(1, use_bias=use_bias, kernel_init=kernel_init, name="dense")

@@ -18,14 +18,16 @@ the usual choice together with `spectral_norm=True`; with batch norm, D keeps
 batch statistics and averages them over `axis_name` in training, like G.
 
 Conditioning, spectral normalisation, the projection and AC heads, D's
-return convention and the optional minibatch standard-deviation channel
-(`minibatch_std`) are those of `gan.models.conditioning`; D `sow`s its
+return convention, the optional minibatch standard-deviation channel
+(`minibatch_std`) and mixed precision (`dtype`) are those of
+`gan.models.conditioning`; D `sow`s its
 flattened features ("intermediates"/"features") for the health monitor.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -51,26 +53,36 @@ class Generator32(nn.Module):
     channels: output image channels.
     num_classes: K > 0 for conditional batch norm on y, 0 for an unconditional G.
     axis_name: data-parallel axis over which batch-norm statistics are averaged.
+    dtype: computation dtype (parameters stay float32; the images are returned as
+      float32).
   """
 
   width: int = 64
   channels: int = 3
   num_classes: int = 0
   axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool, y: jax.Array | None = None) -> jax.Array:
     y = generator_labels(y, z.shape[0], self.num_classes)
-    norm = functools.partial(ConditionalBatchNorm, self.num_classes, axis_name=self.axis_name)
-    conv_t = functools.partial(
-        layers.ConvTranspose, kernel_size=(5, 5), strides=(2, 2), padding="SAME", kernel_init=_INIT
+    norm = functools.partial(
+        ConditionalBatchNorm, self.num_classes, axis_name=self.axis_name, dtype=self.dtype
     )
-    x = nn.Dense(4 * 4 * 4 * self.width, use_bias=False, kernel_init=_INIT)(z)
+    conv_t = functools.partial(
+        layers.ConvTranspose,
+        kernel_size=(5, 5),
+        strides=(2, 2),
+        padding="SAME",
+        kernel_init=_INIT,
+        dtype=self.dtype,
+    )
+    x = nn.Dense(4 * 4 * 4 * self.width, use_bias=False, kernel_init=_INIT, dtype=self.dtype)(z)
     x = x.reshape(z.shape[0], 4, 4, 4 * self.width)
     x = nn.relu(norm()(x, y, train))
     x = nn.relu(norm()(conv_t(2 * self.width, use_bias=False)(x), y, train))
     x = nn.relu(norm()(conv_t(self.width, use_bias=False)(x), y, train))
-    return jnp.tanh(conv_t(self.channels)(x))
+    return jnp.tanh(conv_t(self.channels)(x)).astype(jnp.float32)
 
 
 class Discriminator32(nn.Module):
@@ -87,6 +99,8 @@ class Discriminator32(nn.Module):
       appended before the last convolution (0: none; see
       `gan.models.conditioning`).
     axis_name: data-parallel axis over which D's batch statistics are averaged.
+    dtype: computation dtype of the convolutions and batch norms (the head
+      computes in float32).
   """
 
   width: int = 64
@@ -97,6 +111,7 @@ class Discriminator32(nn.Module):
   spectral_norm: bool = False
   minibatch_std: int = 0
   axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, y: jax.Array | None = None):
@@ -110,11 +125,13 @@ class Discriminator32(nn.Module):
           strides=(2, 2),
           use_bias=not normalised,
           kernel_init=_INIT,
+          dtype=self.dtype,
           name=f"conv{i}",
       )
       x = spectral(conv, x, enabled=self.spectral_norm, train=train)
       if normalised:
-        x = ConditionalBatchNorm(axis_name=self.axis_name, name=f"norm{i}")(x, None, train)
+        norm = ConditionalBatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=f"norm{i}")
+        x = norm(x, None, train)
       x = nn.leaky_relu(x, 0.2)
     features = x.reshape(x.shape[0], -1)
     return discriminator_head(self, features, y, train=train, use_bias=True, kernel_init=_INIT)

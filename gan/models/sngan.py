@@ -39,14 +39,16 @@ Parameter counts at the default widths are in `tests/test_cifar_models.py`.
 
 Conditioning (`num_classes`), spectral normalisation (`spectral_norm`, on by
 default: these are SNGAN's discriminators), the projection and AC heads, D's
-return convention and the optional minibatch standard-deviation channel
-(`minibatch_std`, off by default) are described in `gan.models.conditioning`. Every D
+return convention, the optional minibatch standard-deviation channel
+(`minibatch_std`, off by default) and mixed precision (`dtype`) are described in
+`gan.models.conditioning`. Every D
 `sow`s its features phi(x) ("intermediates"/"features") for the health monitor.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -66,9 +68,9 @@ _GLOROT = nn.initializers.xavier_uniform()
 _RESIDUAL_INIT = nn.initializers.variance_scaling(2.0, "fan_avg", "uniform")  # sqrt(2) x Glorot
 
 
-def _norm(num_classes: int, axis_name: str | None, **kwargs) -> ConditionalBatchNorm:
+def _norm(num_classes: int, axis_name: str | None, dtype: Any, **kwargs) -> ConditionalBatchNorm:
   return ConditionalBatchNorm(
-      num_classes, momentum=0.9, epsilon=2e-5, axis_name=axis_name, **kwargs
+      num_classes, momentum=0.9, epsilon=2e-5, axis_name=axis_name, dtype=dtype, **kwargs
   )
 
 
@@ -88,27 +90,35 @@ class CNNGenerator32(nn.Module):
     channels: output image channels.
     num_classes: K > 0 for conditional batch norm on y, 0 for an unconditional G.
     axis_name: data-parallel axis over which batch-norm statistics are averaged.
+    dtype: computation dtype (parameters stay float32; the images are returned as
+      float32).
   """
 
   width: int = 64
   channels: int = 3
   num_classes: int = 0
   axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool, y: jax.Array | None = None) -> jax.Array:
     y = generator_labels(y, z.shape[0], self.num_classes)
-    norm = functools.partial(_norm, self.num_classes, self.axis_name)
-    x = nn.Dense(4 * 4 * 8 * self.width, kernel_init=_CNN_INIT)(z)
+    norm = functools.partial(_norm, self.num_classes, self.axis_name, self.dtype)
+    x = nn.Dense(4 * 4 * 8 * self.width, kernel_init=_CNN_INIT, dtype=self.dtype)(z)
     x = x.reshape(z.shape[0], 4, 4, 8 * self.width)
     x = nn.relu(norm()(x, y, train))
     for multiple in (4, 2, 1):
       conv_t = layers.ConvTranspose(
-          multiple * self.width, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_CNN_INIT
+          multiple * self.width,
+          (4, 4),
+          strides=(2, 2),
+          padding="SAME",
+          kernel_init=_CNN_INIT,
+          dtype=self.dtype,
       )
       x = nn.relu(norm()(conv_t(x), y, train))
-    x = nn.Conv(self.channels, (3, 3), padding="SAME", kernel_init=_CNN_INIT)(x)
-    return jnp.tanh(x)
+    x = nn.Conv(self.channels, (3, 3), padding="SAME", kernel_init=_CNN_INIT, dtype=self.dtype)(x)
+    return jnp.tanh(x).astype(jnp.float32)
 
 
 class CNNDiscriminator32(nn.Module):
@@ -125,6 +135,7 @@ class CNNDiscriminator32(nn.Module):
       appended before the last convolution (0: none; see
       `gan.models.conditioning`).
     axis_name: unused (no batch statistics); kept for the registry interface.
+    dtype: computation dtype of the convolutions (the head computes in float32).
   """
 
   width: int = 64
@@ -134,6 +145,7 @@ class CNNDiscriminator32(nn.Module):
   spectral_norm: bool = True
   minibatch_std: int = 0
   axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, y: jax.Array | None = None):
@@ -146,6 +158,7 @@ class CNNDiscriminator32(nn.Module):
           (size, size),
           strides=(stride, stride),
           kernel_init=_CNN_INIT,
+          dtype=self.dtype,
           name=f"conv{i}",
       )
       x = nn.leaky_relu(spectral(conv, x, enabled=self.spectral_norm, train=train), 0.1)
@@ -159,16 +172,21 @@ class GBlock(nn.Module):
   features: int
   num_classes: int = 0
   axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array | None, train: bool) -> jax.Array:
-    norm = functools.partial(_norm, self.num_classes, self.axis_name)
-    conv = functools.partial(nn.Conv, self.features, (3, 3), kernel_init=_RESIDUAL_INIT)
+    norm = functools.partial(_norm, self.num_classes, self.axis_name, self.dtype)
+    conv = functools.partial(
+        nn.Conv, self.features, (3, 3), kernel_init=_RESIDUAL_INIT, dtype=self.dtype
+    )
     h = nn.relu(norm(name="norm1")(x, y, train))
     h = conv(name="conv1")(_upsample(h))
     h = nn.relu(norm(name="norm2")(h, y, train))
     h = conv(name="conv2")(h)
-    shortcut = nn.Conv(self.features, (1, 1), kernel_init=_GLOROT, name="shortcut")(x)
+    shortcut = nn.Conv(
+        self.features, (1, 1), kernel_init=_GLOROT, dtype=self.dtype, name="shortcut"
+    )(x)
     return h + _upsample(shortcut)
 
 
@@ -180,17 +198,21 @@ class DBlock(nn.Module):
     downsample: end with 2x2 average pooling.
     first: the "optimized" first block: no ReLU before its first convolution.
     spectral_norm: spectrally normalise the convolutions.
+    dtype: computation dtype.
   """
 
   features: int
   downsample: bool = False
   first: bool = False
   spectral_norm: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     sn = {"enabled": self.spectral_norm, "train": train}
-    conv = functools.partial(nn.Conv, self.features, (3, 3), kernel_init=_RESIDUAL_INIT)
+    conv = functools.partial(
+        nn.Conv, self.features, (3, 3), kernel_init=_RESIDUAL_INIT, dtype=self.dtype
+    )
     h = x if self.first else nn.relu(x)
     h = spectral(conv(name="conv1"), h, **sn)
     h = spectral(conv(name="conv2"), nn.relu(h), **sn)
@@ -198,7 +220,9 @@ class DBlock(nn.Module):
     if self.downsample:
       h, shortcut = _downsample(h), _downsample(shortcut)
     if self.downsample or x.shape[-1] != self.features:
-      conv_1x1 = nn.Conv(self.features, (1, 1), kernel_init=_GLOROT, name="shortcut")
+      conv_1x1 = nn.Conv(
+          self.features, (1, 1), kernel_init=_GLOROT, dtype=self.dtype, name="shortcut"
+      )
       shortcut = spectral(conv_1x1, shortcut, **sn)
     return h + shortcut
 
@@ -208,25 +232,26 @@ class ResNetGenerator32(nn.Module):
 
   Attributes:
     width: channels of the 4x4 map and of every block.
-    channels, num_classes, axis_name: as for `CNNGenerator32` (the last batch
-      norm is unconditional, see the module docstring).
+    channels, num_classes, axis_name, dtype: as for `CNNGenerator32` (the last
+      batch norm is unconditional, see the module docstring).
   """
 
   width: int = 256
   channels: int = 3
   num_classes: int = 0
   axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool, y: jax.Array | None = None) -> jax.Array:
     y = generator_labels(y, z.shape[0], self.num_classes)
-    x = nn.Dense(4 * 4 * self.width, kernel_init=_GLOROT)(z)
+    x = nn.Dense(4 * 4 * self.width, kernel_init=_GLOROT, dtype=self.dtype)(z)
     x = x.reshape(z.shape[0], 4, 4, self.width)
     for _ in range(3):
-      x = GBlock(self.width, self.num_classes, self.axis_name)(x, y, train)
-    x = nn.relu(_norm(0, self.axis_name)(x, None, train))
-    x = nn.Conv(self.channels, (3, 3), kernel_init=_GLOROT)(x)
-    return jnp.tanh(x)
+      x = GBlock(self.width, self.num_classes, self.axis_name, self.dtype)(x, y, train)
+    x = nn.relu(_norm(0, self.axis_name, self.dtype)(x, None, train))
+    x = nn.Conv(self.channels, (3, 3), kernel_init=_GLOROT, dtype=self.dtype)(x)
+    return jnp.tanh(x).astype(jnp.float32)
 
 
 class ResNetDiscriminator32(nn.Module):
@@ -234,7 +259,7 @@ class ResNetDiscriminator32(nn.Module):
 
   Attributes:
     width: channels of every block.
-    num_classes, projection, ac_head, spectral_norm, axis_name: as for
+    num_classes, projection, ac_head, spectral_norm, axis_name, dtype: as for
       `CNNDiscriminator32`.
     minibatch_std: group size of a minibatch standard-deviation channel
       appended before the last block, which then has a 1x1 shortcut
@@ -248,10 +273,13 @@ class ResNetDiscriminator32(nn.Module):
   spectral_norm: bool = True
   minibatch_std: int = 0
   axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, y: jax.Array | None = None):
-    block = functools.partial(DBlock, self.width, spectral_norm=self.spectral_norm)
+    block = functools.partial(
+        DBlock, self.width, spectral_norm=self.spectral_norm, dtype=self.dtype
+    )
     x = block(downsample=True, first=True)(x, train)
     x = block(downsample=True)(x, train)
     x = block()(x, train)
