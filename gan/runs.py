@@ -123,7 +123,9 @@ def evaluate(
 
   Uses the evaluators of the run's config, or, if it declares none, the
   default ones of its dataset (`evaluators.default_evals`); `with_inception`
-  adds an "inception" evaluator (FID etc.) with its default settings.
+  adds an "inception" evaluator (FID etc.) with its default settings if the
+  config has none, and makes the config's own ones required (missing weights
+  are then an error, not a warning).
   """
   state, config = _restore(workdir, which)
   found = _views(state, config, use_ema=not raw)
@@ -133,6 +135,9 @@ def evaluate(
     raise ConfigError("--inception scores images; this run generates 2D points")
   if with_inception and not any(e.kind == "inception" for e in evals.values()):
     evals.inception = evaluators.settings("inception")
+  for cfg in evals.values():
+    if with_inception and cfg.kind == "inception":
+      cfg.optional = False
   if num_samples:
     for cfg in evals.values():
       cfg.num_samples = num_samples

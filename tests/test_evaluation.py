@@ -3,17 +3,20 @@ best-checkpoint retention, and the gan.evaluate / gan.sample entry points."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
+from experiments import mnist
 from experiments import toy2d as toy2d_experiment
 from gan import data, models, runs, train, writers
 from gan import state as state_lib
 from gan.checkpoint import Checkpointer
-from gan.evaluation import classifiers, evaluators
+from gan.evaluation import classifiers, evaluators, inception
 
 
 @pytest.fixture(scope="module")
@@ -101,21 +104,26 @@ def test_evaluate_scores_the_chosen_checkpoint(toy_run):
   assert again["toy2d"]["high_quality_fraction"] == last["toy2d"]["high_quality_fraction"]
 
 
-def test_sample_writes_points_and_images(toy_run, tmp_path, smoke_config):
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+  """An MNIST run directory: a freshly initialised DCGAN checkpoint (no training needed)."""
+  workdir = str(tmp_path_factory.mktemp("mnist"))
+  config = mnist.get_config("smoke")
+  G, D = models.build(config.model, axis_name=None)
+  ckpt = Checkpointer(workdir, 1)
+  ckpt.save(state_lib.create(config, G, D, (28, 28, 1), 64), config)
+  ckpt.close()
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f)
+  return workdir
+
+
+def test_sample_writes_points_and_images(toy_run, image_run, tmp_path):
   out = str(tmp_path / "points.npz")
   x = runs.write_samples(toy_run, 300, out)["x"]
   assert x.dtype == np.float32 and x.shape == (300, 2)
   np.testing.assert_array_equal(runs.write_samples(toy_run, 300, out)["x"], x)  # seeded
 
-  # An image run: a freshly initialised DCGAN checkpoint (no training needed to sample).
-  image_run = str(tmp_path / "mnist")
-  G, D = models.build(smoke_config.model, axis_name=None)
-  state = state_lib.create(smoke_config, G, D, (28, 28, 1), 64)
-  ckpt = Checkpointer(image_run, 1)
-  ckpt.save(state, smoke_config)
-  ckpt.close()
-  with open(os.path.join(image_run, "config.json"), "w") as f:
-    json.dump(smoke_config.to_dict(), f)
   arrays = runs.write_samples(image_run, 20, str(tmp_path / "images.npz"))
   assert arrays["x"].dtype == np.uint8 and arrays["x"].shape == (20, 28, 28, 1)
   generator, _ = runs.load_generator(image_run)
@@ -135,6 +143,29 @@ def test_sample_writes_points_and_images(toy_run, tmp_path, smoke_config):
   assert f"gan.evaluation.convert_inception pt_inception-2015-12-05-6726825d.pth {missing}" in (
       result.stderr
   )
+
+
+def test_optional_inception_evaluator_is_left_out_without_weights(
+    image_run, tmp_path, monkeypatch, capsys
+):
+  missing = str(tmp_path / "missing.npz")
+  monkeypatch.setenv(inception.WEIGHTS_ENV_VAR, missing)
+  config = mnist.get_config("smoke")
+  config.evals = ml_collections.ConfigDict(
+      {"fid": evaluators.settings("inception", optional=True, split="train")}
+  )
+  assert evaluators.build(config) == {}
+  warning = capsys.readouterr().err.strip()
+  assert warning.count("\n") == 0 and "evals.fid" in warning and missing in warning
+  config.evals.fid.optional = False
+  with pytest.raises(inception.InceptionWeightsNotFoundError):
+    evaluators.build(config)
+  # gan.evaluate --inception requires the run's own optional FID evaluator.
+  run = shutil.copytree(image_run, tmp_path / "run")
+  config.evals.fid.optional = True
+  (run / "config.json").write_text(json.dumps(config.to_dict()))
+  with pytest.raises(inception.InceptionWeightsNotFoundError):
+    runs.evaluate(str(run), with_inception=True)
 
 
 def test_cli_errors_are_one_line(tmp_path):

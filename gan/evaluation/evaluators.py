@@ -12,12 +12,18 @@ raw generator). In `metrics.jsonl` metrics appear as `<eval name>/<metric>`.
 
 Generated images are quantised to uint8 exactly as `gan.sample` writes them,
 so a number here can be reproduced from the .npz by anyone.
+
+An "inception" entry with `optional=True` is left out, with a one-line
+warning, when the FID Inception weights are not installed, so a config can
+declare FID/IS for the machines that have the weights and still run where
+they are missing; `gan.evaluate --inception` always requires them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -311,6 +317,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         is_splits=10,
         batch_size=100,
         weights="",  # "": $JAXGAN_INCEPTION_WEIGHTS or the default path
+        optional=False,  # True: without the weights, warn and run without this evaluator
         seed=0,
     ),
     "toy2d": dict(every=1000, num_samples=2500, seed=0),
@@ -337,13 +344,25 @@ def settings(kind: str, **overrides: Any) -> ml_collections.ConfigDict:
 
 
 def build(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The evaluators of `config.evals`, by name."""
+  """The evaluators of `config.evals`, by name (an optional one without its weights left out)."""
   evaluators = {}
   for name, cfg in (config.get("evals") or {}).items():
     kind = cfg.get("kind")
     if kind not in EVALUATORS:
       raise ConfigError(f"evals.{name}: unknown kind {kind!r}; choose one of {sorted(EVALUATORS)}")
-    evaluators[name] = EVALUATORS[kind](name, settings(**cfg.to_dict()), config)
+    cfg = settings(**cfg.to_dict())
+    try:
+      evaluators[name] = EVALUATORS[kind](name, cfg, config)
+    except inception.InceptionWeightsNotFoundError as e:
+      if not cfg.get("optional", False):
+        raise
+      print(
+          f"warning: evals.{name} ({kind}) left out: no FID Inception weights at {e.path} "
+          "(python -m gan.evaluation.convert_inception says how to make them; then score the "
+          "run with python -m gan.evaluate --workdir DIR)",
+          file=sys.stderr,
+          flush=True,
+      )
   return evaluators
 
 
