@@ -13,6 +13,7 @@ import optax
 from flax.training import train_state
 
 from gan import data as data_lib
+from gan import ramps
 from gan.utils import ConfigError
 
 
@@ -76,6 +77,9 @@ def make_optimizer(
   "exponential" multiplies it by `optim.decay_rate` every `optim.decay_every`
   steps from step `optim.decay_start` on (Triple-GAN's per-epoch annealing).
 
+  `optim.b1_rampdown` (start_epoch, epochs, steps_per_epoch, final) ramps
+  beta1 down from `optim.b1` to `final` (Triple-GAN's CIFAR-10 classifier).
+
   `optim.eps` (default 1e-8) is added to Adam's denominator, `optim.eps_root`
   (default 0) under its square root: update = m / (sqrt(v + eps_root) + eps).
   Some papers' code used the second form (Improved-GAN: eps_root 1e-8, eps 0),
@@ -102,16 +106,18 @@ def make_optimizer(
     raise ConfigError(
         f"unknown learning-rate decay {decay!r}; use 'none', 'linear' or 'exponential'"
     )
-  return optax.chain(
-      optax.adam(
-          learning_rate,
-          b1=optim.b1,
-          b2=optim.b2,
-          eps=optim.get("eps", 1e-8),
-          eps_root=optim.get("eps_root", 0.0),
-      ),
-      optax.inject_hyperparams(optax.scale)(step_size=1.0),
-  )
+  args = {"b2": optim.b2, "eps": optim.get("eps", 1e-8), "eps_root": optim.get("eps_root", 0.0)}
+  if ramp := optim.get("b1_rampdown"):
+    # beta1 falls from optim.b1 to ramp.final with Laine & Aila's ramp-down (`gan.ramps`);
+    # Adam's bias correction uses the current beta1, as their code's does.
+    def b1(count: jax.Array) -> jax.Array:
+      r = ramps.rampdown(count, ramp.start_epoch, ramp.epochs, ramp.steps_per_epoch)
+      return r * optim.b1 + (1.0 - r) * ramp.final
+
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate, b1=b1, **args)
+  else:
+    adam = optax.adam(learning_rate, b1=optim.b1, **args)
+  return optax.chain(adam, optax.inject_hyperparams(optax.scale)(step_size=1.0))
 
 
 def learning_rate_scales(state: GANState) -> dict[str, float]:
