@@ -14,7 +14,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from gan.models import dcgan, dcgan32, improved_gan, mlp, sngan, triple_gan
+from gan.models import (
+    cifar_semi,
+    dcgan,
+    dcgan32,
+    improved_gan,
+    mlp,
+    shared_trunk,
+    sngan,
+    triple_gan,
+)
 from gan.utils import ConfigError
 
 GENERATORS: dict[str, type[nn.Module]] = {
@@ -24,6 +33,7 @@ GENERATORS: dict[str, type[nn.Module]] = {
     "sngan_resnet32": sngan.ResNetGenerator32,
     "mlp": mlp.MLPGenerator,
     "improved_gan": improved_gan.ImprovedGANGenerator,
+    "triple_gan32": cifar_semi.ConditionalGenerator32,
 }
 DISCRIMINATORS: dict[str, type[nn.Module]] = {
     "dcgan28": dcgan.Discriminator28,
@@ -32,9 +42,15 @@ DISCRIMINATORS: dict[str, type[nn.Module]] = {
     "sngan_resnet32": sngan.ResNetDiscriminator32,
     "mlp": mlp.MLPDiscriminator,
     "improved_gan": improved_gan.ImprovedGANDiscriminator,
+    "triple_gan32": cifar_semi.PairDiscriminator32,
+    "shared_trunk": shared_trunk.SharedTrunkDiscriminator,
 }
 # The third player of semi-supervised methods that have one (Triple-GAN).
-CLASSIFIERS: dict[str, type[nn.Module]] = {"cnn28": triple_gan.CNNClassifier}
+CLASSIFIERS: dict[str, type[nn.Module]] = {
+    "cnn28": triple_gan.CNNClassifier,
+    "conv_large": cifar_semi.ConvLargeClassifier,
+    "shared_trunk": shared_trunk.SharedTrunkClassifier,
+}
 
 
 def _lookup(registry: dict[str, type[nn.Module]], name: str, kind: str) -> type[nn.Module]:

@@ -36,7 +36,7 @@ def _with_label(x: jax.Array, label: jax.Array | None) -> jax.Array:
   return x if label is None else jnp.concatenate([x, label], axis=-1)
 
 
-def _one_hot(y: jax.Array | None, batch: int, classes: int, default: str) -> jax.Array | None:
+def one_hot_labels(y: jax.Array | None, batch: int, classes: int, default: str) -> jax.Array | None:
   """The one-hot labels a conditional network concatenates, or None if it is unconditional."""
   if not classes:
     return None
@@ -63,7 +63,7 @@ class ImprovedGANGenerator(nn.Module):
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool, y: jax.Array | None = None) -> jax.Array:
-    label = _one_hot(y, z.shape[0], self.label_classes, "cycle")
+    label = one_hot_labels(y, z.shape[0], self.label_classes, "cycle")
     x = jax.scipy.stats.norm.cdf(z)  # uniform on [0, 1]^z_dim, as in the paper
     for width in self.widths:
       x = nn.Dense(width, use_bias=False)(_with_label(x, label))
@@ -102,7 +102,7 @@ class ImprovedGANDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, y: jax.Array | None = None) -> jax.Array:
-    label = _one_hot(y, x.shape[0], self.label_classes, "zeros")
+    label = one_hot_labels(y, x.shape[0], self.label_classes, "zeros")
     x = (x.reshape(x.shape[0], -1) + 1.0) / 2.0
     x = GaussianNoise(self.input_noise, self.axis_name)(x, train)
     dense = functools.partial(WNDense, kernel_stddev=self.kernel_stddev)

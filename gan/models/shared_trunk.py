@@ -1,0 +1,84 @@
+"""A classifier and a pair discriminator that share their first four ResNet blocks (CIFAR-10).
+
+Both networks are the same five-block ResNet of SNGAN's discriminator blocks
+(`gan.models.sngan.DBlock`, no spectral norm), width `width` throughout:
+
+  trunk (shared):  DBlock(down, first) 32 -> 16 -> DBlock(down) 16 -> 8 -> DBlock -> DBlock
+  C's head:        DBlock -> ReLU -> global mean pool -> dropout -> dense K
+  D's head:        DBlock -> ReLU -> global sum pool -> dense 1 + <embed(y), features>
+
+D judges image-label pairs with a projection head (Miyato & Koyama 2018), as
+Triple-GAN's D(x, y) must; without a label (the health monitor's probe) the
+projection term is left out. The trunk's parameters are "trunk" in both
+networks' trees. A Triple-GAN run with `config.semi.shared_trunk` keeps them
+in C's state only (D's state holds its head) and hands C's current trunk to D
+in every D pass (`gan.semi.triple_gan`): one set of trunk parameters, trained
+by C's optimizer on the sum of C's and D's losses. Either network also runs
+on its own with a full tree (tests, `init`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gan.models.conditioning import discriminator_head
+from gan.models.dropout import Dropout
+from gan.models.sngan import DBlock
+
+TRUNK = "trunk"  # the shared subtree's name in both networks' parameters
+
+_block = functools.partial(DBlock, spectral_norm=False)
+
+
+class Trunk(nn.Module):
+  """Images (B, 32, 32, C) in [-1, 1] -> features (B, 8, 8, width): the first four blocks."""
+
+  width: int = 128
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = _block(self.width, downsample=True, first=True)(x, train)
+    x = _block(self.width, downsample=True)(x, train)
+    return _block(self.width)(_block(self.width)(x, train), train)
+
+
+class SharedTrunkClassifier(nn.Module):
+  """Images (B, 32, 32, C) in [-1, 1] -> class logits (B, num_classes)."""
+
+  width: int = 128
+  num_classes: int = 10
+  dropout_rate: float = 0.5
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = Trunk(self.width, name=TRUNK)(x, train)
+    x = jnp.mean(nn.relu(_block(self.width, name="block5")(x, train)), axis=(1, 2))
+    x = Dropout(self.dropout_rate, axis_name=self.axis_name)(x, deterministic=not train)
+    return nn.Dense(self.num_classes, name="classifier")(x)
+
+
+class SharedTrunkDiscriminator(nn.Module):
+  """Images (B, 32, 32, C) in [-1, 1] [, labels y (B,)] -> real/fake logits (B,) of the pairs.
+
+  `num_classes`, `projection`, `ac_head` and `spectral_norm` are the attributes
+  `gan.models.conditioning.discriminator_head` reads.
+  """
+
+  width: int = 128
+  num_classes: int = 10
+  projection: bool = True
+  ac_head: bool = False
+  spectral_norm: bool = False
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, y: jax.Array | None = None) -> jax.Array:
+    x = Trunk(self.width, name=TRUNK)(x, train)
+    features = jnp.sum(nn.relu(_block(self.width, name="block5")(x, train)), axis=(1, 2))
+    init = nn.initializers.xavier_uniform()
+    return discriminator_head(self, features, y, train=train, use_bias=True, kernel_init=init)
