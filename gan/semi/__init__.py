@@ -48,6 +48,19 @@ def defaults() -> ml_collections.ConfigDict:
           # Triple-GAN: C's entropy and class-balance regularisers on unlabelled data.
           "entropy_weight": 0.0,
           "balance_weight": 0.0,
+          # Triple-GAN options for CIFAR-10 (`gan.semi.triple_gan`), all off by default:
+          # the scale of C's adversarial term, the Pi-model consistency term and its ramp-up
+          # (in epochs of steps_per_epoch steps), a DiffAugment policy for C's inputs, ZCA
+          # whitening as C's first layer (fitted on zca_images training images, 0: all) and
+          # a trunk shared by C and D.
+          "adversarial_scale": 1.0,
+          "consistency_weight": 0.0,
+          "consistency_rampup_epochs": 0,
+          "steps_per_epoch": 1,
+          "classifier_augment": "",
+          "zca": False,
+          "zca_images": 0,
+          "shared_trunk": False,
       }
   )
 

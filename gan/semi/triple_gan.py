@@ -8,9 +8,10 @@ the classifier, and generated pairs (G(z, y_g), y_g) with balanced y_g:
   L_D = E[-log D(x_l, y_l)] + alpha E[-log(1 - D(x_u, y_c))]
         + (1 - alpha) E[-log(1 - D(G(z, y_g), y_g))]
   L_C = E[-log C(y_l | x_l)]                                        (R_L)
-        + alpha E[(log(1 - D(x_u, y_c)) - b) log C(y_c | x_u)]      (adversarial)
+        + s alpha E[(log(1 - D(x_u, y_c)) - b) log C(y_c | x_u)]    (adversarial)
         + alpha_P [step >= pseudo_start] E[-log C(y_g | G(z, y_g))]  (R_P)
         + entropy_weight H(C(. | x_u)) + balance_weight CE(uniform, E C(. | x_u))
+        + w(t) E[||C(. | x_u) - C'(. | x_u)||^2] / K                 (consistency)
   L_G = E[-log D(G(z, y_g), y_g)]
 
 C's adversarial term is the score-function (REINFORCE) gradient of
@@ -22,8 +23,30 @@ constant scale). The last two terms of L_C are regularisers of the paper's
 public code (weights 0.3 and 1e-3 there; 0 = off, the default): the mean
 entropy of C's predictions on unlabelled images, and the cross-entropy of the
 uniform distribution against C's mean prediction, which keeps every class in
-use. The updates run D, then C and G against the new D, then
-the EMAs of G (samples) and C (the classifier whose test error is reported).
+use. s (`adversarial_scale`, default 1) scales C's adversarial term alone:
+Triple-GAN's CIFAR-10 code weights it by 0.01 x 1/2. The updates run D, then
+C and G against the new D, then the EMAs of G (samples) and C (the classifier
+whose test error is reported).
+
+Options for CIFAR-10 (all off by default, and then the step is unchanged):
+  consistency     the Pi-model term of Laine & Aila (2017): the squared
+                  difference of C's class probabilities in two passes over x_u
+                  with independent noise, dropout (and augmentation), both
+                  differentiated, averaged over classes and examples; its
+                  weight w(t) = consistency_weight * rampup(t), 0 in the first
+                  epoch (`gan.ramps`, as in both papers' code).
+  augmentation    every training pass of C sees its images transformed by a
+                  DiffAugment policy (`gan.augment`), e.g. "translation"; the
+                  pass that draws y_c and the one that scores it see one
+                  transformation.
+  zca             C's first layer whitens (`gan.models.whitening`), fitted on
+                  `zca_images` training images (0: all) when the state is built.
+  shared_trunk    C and D share their first layers (`gan.models.shared_trunk`):
+                  the trunk's parameters live in C's state and D's state holds
+                  its head; every D pass runs on C's current trunk, and the
+                  trunk's gradient from L_D (taken in D's update, at the
+                  parameters D saw) is added to its gradient from L_C in C's
+                  update. So the trunk is trained by C's optimizer on L_C + L_D.
 """
 
 from __future__ import annotations
@@ -39,10 +62,13 @@ import numpy as np
 import optax
 from jax import lax
 
+from gan import augment, ramps
 from gan import step as step_lib
 from gan.evaluation import views
+from gan.models import shared_trunk, whitening
 from gan.semi import common
 from gan.state import GANState, TrainState
+from gan.utils import ConfigError
 
 
 def discriminator_loss(
@@ -96,6 +122,19 @@ def balance(logits: jax.Array, axis_name: str | None = None) -> jax.Array:
   return -jnp.mean(jnp.log(mean + 1e-8))
 
 
+def consistency(logits: jax.Array, other_logits: jax.Array) -> jax.Array:
+  """The Pi-model term: mean over examples and classes of (p - p')^2, p = softmax(logits)."""
+  return jnp.mean(jnp.square(jax.nn.softmax(logits) - jax.nn.softmax(other_logits)))
+
+
+def consistency_weight(
+    step: jax.Array, weight: float, rampup_epochs: int, steps_per_epoch: int
+) -> jax.Array:
+  """w(t): `weight` times the ramp-up over `rampup_epochs`, and 0 in the first epoch."""
+  w = weight * ramps.rampup(step, rampup_epochs, steps_per_epoch)
+  return jnp.where(jnp.asarray(step) >= steps_per_epoch, w, 0.0)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StepConfig(step_lib.CommonStepConfig):
   """The static settings of a Triple-GAN step."""
@@ -107,6 +146,12 @@ class StepConfig(step_lib.CommonStepConfig):
   pseudo_start: int
   entropy_weight: float
   balance_weight: float
+  adversarial_scale: float = 1.0
+  consistency_weight: float = 0.0
+  consistency_rampup_epochs: int = 0
+  steps_per_epoch: int = 1
+  classifier_augment: tuple[str, ...] = ()
+  shared_trunk: bool = False
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
@@ -119,6 +164,12 @@ class StepConfig(step_lib.CommonStepConfig):
         pseudo_start=config.semi.pseudo_start_step,
         entropy_weight=config.semi.get("entropy_weight", 0.0),
         balance_weight=config.semi.get("balance_weight", 0.0),
+        adversarial_scale=config.semi.get("adversarial_scale", 1.0),
+        consistency_weight=config.semi.get("consistency_weight", 0.0),
+        consistency_rampup_epochs=config.semi.get("consistency_rampup_epochs", 0),
+        steps_per_epoch=config.semi.get("steps_per_epoch", 1),
+        classifier_augment=augment.parse_policy(config.semi.get("classifier_augment", "")),
+        shared_trunk=config.semi.get("shared_trunk", False),
     )
 
 
@@ -129,14 +180,25 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
     fake, mutated = G.apply(g.variables(params), z, train=True, y=y, mutable=["batch_stats"])
     return fake, mutated["batch_stats"]
 
+  def with_trunk(params: Any, c_params: Any) -> Any:
+    """D's parameters, with C's trunk in a shared-trunk run."""
+    if not cfg.shared_trunk:
+      return params
+    return {**params, shared_trunk.TRUNK: c_params[shared_trunk.TRUNK]}
+
   def discriminate(params: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> jax.Array:
-    return D.apply({"params": params}, x, train=True, y=y, rngs={"noise": key})
+    rngs = {"noise": key, "dropout": jax.random.fold_in(key, 1)}
+    return D.apply({"params": params}, x, train=True, y=y, rngs=rngs)
 
   def classify(c: TrainState, params: Any, x: jax.Array, key: jax.Array):
+    if cfg.classifier_augment:
+      keys = step_lib.example_keys(jax.random.fold_in(key, 2), x.shape[0])
+      x = augment.diff_augment(x, cfg.classifier_augment, keys)
+    rngs = {"dropout": key, "noise": jax.random.fold_in(key, 1)}
     logits, mutated = C.apply(
-        c.variables(params), x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+        c.variables(params), x, train=True, rngs=rngs, mutable=["batch_stats"]
     )
-    return logits, mutated["batch_stats"]
+    return logits, mutated.get("batch_stats", {})
 
   def train_step(state: GANState, data: dict[str, jax.Array]) -> tuple[GANState, step_lib.Metrics]:
     local_batch = cfg.global_batch // lax.axis_size(step_lib.AXIS)
@@ -162,38 +224,55 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
     # D: labelled pairs are real; classifier-labelled and generated pairs are fake.
     d_keys = [next(keys) for _ in range(3)]
 
-    def d_loss_fn(params):
+    def d_loss_fn(params, c_params):
+      params = with_trunk(params, c_params)
       real = discriminate(params, x_l, y_l, d_keys[0])
       classified = discriminate(params, x_u, y_c, d_keys[1])
       generated = discriminate(params, fake, y_g, d_keys[2])
       loss = discriminator_loss(real, classified, generated, cfg.alpha)
       return loss, (real, classified, generated)
 
-    (d_loss, (real, classified, generated)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
-        d.params
-    )
+    # With a shared trunk, L_D's gradient also reaches C's parameters (the trunk's part).
+    argnums = (0, 1) if cfg.shared_trunk else 0
+    (d_loss, (real, classified, generated)), grads = jax.value_and_grad(
+        d_loss_fn, argnums, has_aux=True
+    )(d.params, c.params)
+    d_grads, trunk_grads = grads if cfg.shared_trunk else (grads, None)
     d_grads = lax.pmean(d_grads, step_lib.AXIS)
     d = d.apply_gradients(grads=d_grads)
 
     # C: supervised, adversarial (against the new D) and, once switched on, pseudo-labels.
-    d_on_classified = discriminate(d.params, x_u, y_c, next(keys))
+    d_on_classified = discriminate(with_trunk(d.params, c.params), x_u, y_c, next(keys))
     c_keys = [next(keys), c_unlabelled_key, next(keys)]
     pseudo_weight = jnp.where(state.step >= cfg.pseudo_start, cfg.alpha_p, 0.0)
+    # The Pi-model's second pass over x_u: its own noise, dropout and augmentation.
+    pi_key = jax.random.fold_in(step_key, 0xC0475)
+    pi_weight = consistency_weight(
+        state.step, cfg.consistency_weight, cfg.consistency_rampup_epochs, cfg.steps_per_epoch
+    )
 
     def c_loss_fn(params):
       logits_l, _ = classify(c, params, x_l, c_keys[0])
       logits_u, batch_stats = classify(c, params, x_u, c_keys[1])
       logits_g, _ = classify(c, params, fake, c_keys[2])
       sup = cross_entropy(logits_l, y_l)
-      adv = classifier_adversarial_loss(logits_u, y_c, d_on_classified, cfg.alpha, step_lib.AXIS)
+      adv = classifier_adversarial_loss(
+          logits_u, y_c, d_on_classified, cfg.alpha * cfg.adversarial_scale, step_lib.AXIS
+      )
       pseudo = cross_entropy(logits_g, y_g)
       ent, bal = entropy(logits_u), balance(logits_u, step_lib.AXIS)
       loss = sup + adv + pseudo_weight * pseudo
       loss += cfg.entropy_weight * ent + cfg.balance_weight * bal
-      return loss, (batch_stats, sup, adv, pseudo, ent, bal, logits_l, logits_u)
+      pi = jnp.zeros(())
+      if cfg.consistency_weight:
+        pi = consistency(logits_u, classify(c, params, x_u, pi_key)[0])
+        loss += pi_weight * pi
+      return loss, (batch_stats, sup, adv, pseudo, ent, bal, pi, logits_l, logits_u)
 
     (c_loss, c_aux), c_grads = jax.value_and_grad(c_loss_fn, has_aux=True)(c.params)
-    c_batch_stats, sup, adv, pseudo, ent, bal, logits_l, logits_u = c_aux
+    c_batch_stats, sup, adv, pseudo, ent, bal, pi, logits_l, logits_u = c_aux
+    if cfg.shared_trunk:
+      c_grads = jax.tree.map(jnp.add, c_grads, trunk_grads)
     c_grads = lax.pmean(c_grads, step_lib.AXIS)
     c = c.apply_gradients(grads=c_grads, batch_stats=c_batch_stats)
 
@@ -202,7 +281,7 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
 
     def g_loss_fn(params):
       images, batch_stats = generate(g, params, g_z, y_g)
-      logits = discriminate(d.params, images, y_g, g_key)
+      logits = discriminate(with_trunk(d.params, c.params), images, y_g, g_key)
       return jnp.mean(jax.nn.softplus(-logits)), (batch_stats, logits)
 
     (g_loss, (g_batch_stats, g_logits)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
@@ -234,6 +313,8 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
         "c/loss_pseudo": pseudo,
         "c/entropy": ent,
         "c/balance": bal,
+        "c/consistency": pi,
+        "c/consistency_weight": pi_weight,
         "c/pseudo_weight": pseudo_weight,
         "c/train_acc": jnp.mean(jnp.argmax(logits_l, -1) == y_l),
         # The unlabelled batch's true labels are used for this number only (monitoring).
@@ -256,7 +337,13 @@ def create_state(
     images: np.ndarray,
     num_labelled: int,
 ) -> GANState:
-  """Initialises the three players; D's weight norm from a batch of training images."""
+  """Initialises the three players; weight norms from a batch of training images.
+
+  With `config.semi.zca`, C's whitening is fitted here first (on the first
+  `zca_images` training images, all if 0), so C's data-dependent initialisation
+  sees whitened images. With `config.semi.shared_trunk`, D's state leaves out
+  the trunk, which lives in C's (see the module docstring).
+  """
   rng = jax.random.PRNGKey(config.seed)
   keys = jax.random.split(jax.random.fold_in(rng, 0x1417), 6)
   n, num_classes = config.semi.init_batch, config.semi.num_classes
@@ -265,8 +352,22 @@ def create_state(
   x = common.init_images(config, images)
   g_vars = G.init(keys[2], z, train=False, y=y)
   # Outside the mapped step there is no device axis: initialise copies without one.
-  d_vars = D.clone(axis_name=None).init({"params": keys[3], "noise": keys[4]}, x, True, y=y)
-  c_vars = C.clone(axis_name=None).init(keys[5], x, train=False)
+  d_rngs = {"params": keys[3], "noise": keys[4], "dropout": keys[4]}
+  d_vars = D.clone(axis_name=None).init(d_rngs, x, True, y=y)
+  c_kwargs = {}
+  if config.semi.get("zca"):
+    num = config.semi.get("zca_images", 0) or len(images)
+    c_kwargs["whitening"] = whitening.fit_zca(images[:num])
+  c_vars = C.clone(axis_name=None).init(keys[5], x, train=False, **c_kwargs)
+  if config.semi.get("shared_trunk"):
+    trunks = [v["params"].get(shared_trunk.TRUNK) for v in (c_vars, d_vars)]
+    if None in trunks or jax.tree.map(jnp.shape, trunks[0]) != jax.tree.map(jnp.shape, trunks[1]):
+      raise ConfigError(
+          "semi.shared_trunk needs a classifier and a discriminator with the same trunk "
+          "(model.classifier = model.discriminator = 'shared_trunk', one width)"
+      )
+    head = {k: v for k, v in d_vars["params"].items() if k != shared_trunk.TRUNK}
+    d_vars = {**d_vars, "params": head}
   g = common.new_player(G, g_vars, config.optim.g, config.num_steps)
   c = common.new_player(C, c_vars, config.optim.c, config.num_steps)
   return GANState(
