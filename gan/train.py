@@ -146,7 +146,10 @@ class Run:
     path = os.path.join(self.workdir, "samples", f"step_{int(state.step):06d}.png")
     if outputs.ndim == 2:  # points (the 2D mixtures): a scatter plot over the real means
       return writers.save_points_plot(outputs, toy2d.get(self.config.dataset).means, path)
-    return writers.save_image_grid(outputs, path)
+    # A conditional G makes sample i of class i mod K (`gan.models.conditioning`): with K
+    # columns, each column of the grid is one class.
+    columns = self.config.model.g.get("num_classes") or None
+    return writers.save_image_grid(outputs, path, columns)
 
   def evaluate(self, state: state_lib.GANState, names: list[str]) -> dict[str, Any]:
     """Runs the named evaluators on the EMA generator (or classifier); appends to evals.jsonl."""

@@ -7,7 +7,8 @@ Layout of a workdir:
                          a process's first record also has "start_time" (when its writer
                          opened), so a resumed run's pauses can be told from its work
   tensorboard/           the same scalars as TensorBoard events
-  samples/step_XXXXXX.png  fixed-noise grid from the EMA generator (2D data: scatter plot)
+  samples/step_XXXXXX.png  fixed-noise grid from the EMA generator (2D data: scatter plot;
+                         class-conditional G: one column per class)
   evals.jsonl            one record per evaluation: metrics with their protocol stamps
   eval.json              the final (or `gan.evaluate`'s) evaluation
   checkpoints/           Orbax checkpoints (see gan.checkpoint)
@@ -50,8 +51,8 @@ def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
   return grid
 
 
-def save_image_grid(images: np.ndarray, path: str) -> str:
-  grid = image_grid(images)
+def save_image_grid(images: np.ndarray, path: str, columns: int | None = None) -> str:
+  grid = image_grid(images, columns)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
   return path
