@@ -193,3 +193,23 @@ def test_exponential_decay_starts_late_and_steps_per_epoch():
   np.testing.assert_allclose(sizes[105], 1.0, rtol=1e-3)  # within the first 10 after the start
   np.testing.assert_allclose(sizes[112], 0.5, rtol=1e-3)
   np.testing.assert_allclose(sizes[124], 0.25, rtol=1e-3)
+
+
+def test_separate_learning_rates_decay_linearly_over_each_players_updates(smoke_config):
+  """Each player has its own rate, decayed to 0 over its own updates (D: n_critic per G step)."""
+  smoke_config.n_critic, smoke_config.num_steps = 2, 10
+  smoke_config.optim.g.lr, smoke_config.optim.g.decay = 1.0, "linear"
+  smoke_config.optim.d.lr, smoke_config.optim.d.decay = 0.5, "linear"
+  G, D = models.build(smoke_config.model, axis_name=None)
+  # The optimizers as the run builds them (no parameters needed: shapes only).
+  state = jax.eval_shape(lambda: state_lib.create(smoke_config, G, D, (28, 28, 1), 64))
+  params = {"w": jax.numpy.zeros(())}
+  for player, lr, updates in ((state.g, 1.0, 10), (state.d, 0.5, 20)):
+    update = jax.jit(lambda opt_state, tx=player.tx: tx.update({"w": 1.0}, opt_state, params))
+    opt_state, sizes = player.tx.init(params), []
+    for _ in range(updates + 1):  # Adam's step on a constant gradient is -lr exactly
+      step, opt_state = update(opt_state)
+      sizes.append(-float(step["w"]))
+    expected = lr * (1 - np.arange(updates) / updates)
+    np.testing.assert_allclose(sizes[:updates], expected, rtol=1e-4)
+    assert abs(sizes[updates]) < 1e-6  # decayed to 0 after its last update
