@@ -23,6 +23,16 @@ def smoke_config():
   return mnist.get_config("smoke")
 
 
+@pytest.fixture(scope="module")
+def fast_compilation():
+  """Most XLA optimisations off for a module: small programs compile faster, numbers barely
+  change. Use with `pytestmark = pytest.mark.usefixtures("fast_compilation")`."""
+  saved = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", saved)
+
+
 def pytest_configure(config):
   del config
   assert jax.device_count() == 4, "tests expect 4 simulated CPU devices"

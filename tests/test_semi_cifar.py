@@ -34,12 +34,7 @@ needs_cifar10 = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compilation():
-  saved = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", saved)
+pytestmark = pytest.mark.usefixtures("fast_compilation")  # small programs: compile fast
 
 
 def test_conv_large_has_the_papers_layers_and_parameter_count():

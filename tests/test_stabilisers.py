@@ -28,13 +28,7 @@ K = 4  # classes
 SHAPE = (32, 32, 3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compilation():
-  """Small programs compile faster without XLA's optimisations; numbers barely change."""
-  saved = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", saved)
+pytestmark = pytest.mark.usefixtures("fast_compilation")  # small programs: compile fast
 
 
 class LinearD(nn.Module):
