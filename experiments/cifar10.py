@@ -74,12 +74,18 @@ from gan.evaluation import evaluators
 VARIANTS = ("smoke", "cpu30", "bf16")
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  """Returns the experiment config; `variant` is "" or a comma-separated mix of VARIANTS."""
+def variant_parts(variant: str, known: tuple[str, ...] = VARIANTS) -> list[str]:
+  """The comma-separated parts of `variant`, each checked to be one of `known`."""
   parts = [p for p in variant.split(",") if p]
   for part in parts:
-    if part not in VARIANTS:
-      raise ValueError(f"unknown variant {part!r}; use '' or a mix of {VARIANTS}")
+    if part not in known:
+      raise ValueError(f"unknown variant {part!r}; use '' or a mix of {known}")
+  return parts
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  """Returns the experiment config; `variant` is "" or a comma-separated mix of VARIANTS."""
+  parts = variant_parts(variant)
   config = ml_collections.ConfigDict()
   config.seed = 0
 

@@ -43,10 +43,7 @@ NUM_CLASSES = 10
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """`variant`: "" or a comma-separated mix of "smoke" and "bf16" (see experiments/cifar10.py)."""
-  parts = [p for p in variant.split(",") if p]
-  for part in parts:
-    if part not in ("smoke", "bf16"):
-      raise ValueError(f"unknown variant {part!r}; use '' or a mix of 'smoke' and 'bf16'")
+  parts = cifar10.variant_parts(variant, ("smoke", "bf16"))
   config = cifar10.get_config(variant)
   config.model.g.num_classes = NUM_CLASSES  # conditional batch norm
   config.model.d.num_classes = NUM_CLASSES  # projection (model.d.projection defaults to True)

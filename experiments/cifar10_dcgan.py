@@ -41,10 +41,7 @@ from experiments import cifar10
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """`variant`: "" or a comma-separated mix of "smoke" and "bf16" (see experiments/cifar10.py)."""
-  parts = [p for p in variant.split(",") if p]
-  for part in parts:
-    if part not in ("smoke", "bf16"):
-      raise ValueError(f"unknown variant {part!r}; use '' or a mix of 'smoke' and 'bf16'")
+  parts = cifar10.variant_parts(variant, ("smoke", "bf16"))
   config = cifar10.get_config(variant)
   config.model.generator = config.model.discriminator = "sngan_cnn32"
   config.model.g.width = config.model.d.width = 8 if "smoke" in parts else 64
