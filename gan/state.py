@@ -120,6 +120,11 @@ def make_optimizer(
   return optax.chain(adam, optax.inject_hyperparams(optax.scale)(step_size=1.0))
 
 
+def schedule_steps(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """The length of each player's learning-rate schedule: D takes n_critic updates per G step."""
+  return {"g": config.num_steps, "d": config.num_steps * config.n_critic}
+
+
 def learning_rate_scales(state: GANState) -> dict[str, float]:
   """The current multipliers of both players' learning rates (1.0 unless a remedy lowered them)."""
   return {
@@ -168,18 +173,18 @@ def create(
   # A conditional D creates its label embedding (projection) only when given labels.
   labels = {"y": jnp.zeros((pack,), jnp.int32)} if config.model.d.get("num_classes") else {}
   d_vars = D.init(d_key, jnp.zeros((pack, *image_shape), jnp.float32), train=False, **labels)
+  steps = schedule_steps(config)
   g = TrainState.create(
       apply_fn=G.apply,
       params=g_vars["params"],
       batch_stats=g_vars.get("batch_stats", {}),
-      tx=make_optimizer(config.optim.g, config.num_steps),
+      tx=make_optimizer(config.optim.g, steps["g"]),
   )
-  # D takes n_critic updates per generator step, so its schedule spans that many more.
   d = TrainState.create(
       apply_fn=D.apply,
       params=d_vars["params"],
       batch_stats=d_vars.get("batch_stats", {}),
-      tx=make_optimizer(config.optim.d, config.num_steps * config.n_critic),
+      tx=make_optimizer(config.optim.d, steps["d"]),
   )
   return GANState(
       step=jnp.zeros((), jnp.int32),

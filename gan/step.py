@@ -105,6 +105,11 @@ class StepConfig(CommonStepConfig):
     minibatch_std: D's minibatch standard-deviation group size; the
       per-device batch must be a multiple of it [model.d.minibatch_std, 0].
     batch_fn: draws the data batch inside the step [dataset].
+
+  A population sweep (`gan.sweep`) replaces label_smoothing, r1_gamma,
+  gp_weight, ac_weight or ema_decay by traced arrays, one value per member;
+  a penalty whose weight is an array is computed for every member (a member
+  with weight 0 adds 0 x the penalty).
   """
 
   n_critic: int
@@ -155,6 +160,11 @@ class StepConfig(CommonStepConfig):
 # of WGAN-GP's interpolation (the pass's key itself seeds D's dropout).
 _AUGMENT = 0xA06
 _INTERPOLATE = 0x6A9
+
+
+def _penalised(weight: float | jax.Array) -> bool:
+  """Whether a penalty is computed: its weight is nonzero, or traced (see `StepConfig`)."""
+  return isinstance(weight, jax.Array) or bool(weight)
 
 
 def global_example_ids(local_batch: int) -> jax.Array:
@@ -276,7 +286,7 @@ def make_step_functions(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFunc
       logits, class_logits, batch_stats = discriminate(params, d.batch_stats, x, real_y, real_key)
       return logits, (class_logits, batch_stats)
 
-    if cfg.r1_gamma:
+    if _penalised(cfg.r1_gamma):
       real_logits, (real_classes, batch_stats), aux["r1"] = r1_pass(on_real, real, d.step)
     else:
       real_logits, (real_classes, batch_stats) = on_real(real)
@@ -284,9 +294,9 @@ def make_step_functions(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFunc
         params, batch_stats, fake, fake_y, fake_key
     )
     loss = cfg.loss.d(real_logits, fake_logits, cfg.label_smoothing)
-    if cfg.r1_gamma:
+    if _penalised(cfg.r1_gamma):
       loss = loss + 0.5 * cfg.r1_gamma * cfg.r1_every * aux["r1"]
-    if cfg.gp_weight:
+    if _penalised(cfg.gp_weight):
       # Interpolates are judged with the real images' labels.
       mix_key, pass_key = jax.random.split(jax.random.fold_in(real_key, _INTERPOLATE))
       mixed = penalties.interpolate(real, fake, example_keys(mix_key, real.shape[0]))
