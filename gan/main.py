@@ -1,6 +1,7 @@
 """Command line: `python -m gan.main --config experiments/X.py[:variant] --workdir DIR`.
 
-Only parses flags and calls `gan.train.train_and_evaluate`. Config values are
+Only parses flags and calls `gan.train.train_and_evaluate`. `gan.sweep` uses the
+same flags and error handling (`run`) for a population of runs. Config values are
 overridden with `--config.key=value`; the config is locked, so a mistyped key
 is an error. Bad input (unknown key, wrong type, missing config file, batch not
 divisible by the device count, unwritable workdir, missing dataset) is
@@ -17,6 +18,10 @@ from gan import platform
 
 platform.configure_xla()  # before JAX initialises its backend
 
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -47,7 +52,7 @@ _DISTRIBUTED = flags.DEFINE_enum(
 )
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str]) -> list[str]:
   try:
     return FLAGS(argv)
   except flags.Error as e:
@@ -65,6 +70,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+  from gan import train  # noqa: PLC0415  (after flags, so --help stays fast)
+
+  run(argv, train.train_and_evaluate)
+
+
+def run(argv: list[str], train_fn: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
+  """Checks the flags, starts the processes' coordination and calls `train_fn(config, workdir)`,
+  reporting bad input in one line."""
   if len(argv) > 1:
     utils.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
@@ -80,12 +93,11 @@ def main(argv: list[str]) -> None:
     )
   except ValueError as e:
     utils.fail(str(e))
-  from gan import train  # noqa: PLC0415  (after flags, so --help stays fast)
-  from gan.evaluation import inception  # noqa: PLC0415
+  from gan.evaluation import inception  # noqa: PLC0415  (after flags, so --help stays fast)
 
   logging.info("Config:\n%s", config)
   try:
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train_fn(config, _WORKDIR.value)
   except inception.InceptionWeightsNotFoundError as e:
     utils.fail(str(e), whole=True)
   except (utils.ConfigError, data.DatasetNotFoundError) as e:
@@ -93,4 +105,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)

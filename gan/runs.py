@@ -69,6 +69,16 @@ def _restore(workdir: str, which: str) -> tuple[Any, ml_collections.ConfigDict]:
   return state, config
 
 
+def read_metric(eval_json: dict[str, Any], metric: str) -> float:
+  """`metric` ("key" or "evaluator/key") from a run's eval.json record."""
+  node: Any = eval_json
+  for part in metric.split("/"):
+    if not isinstance(node, dict) or part not in node:
+      raise ConfigError(f"eval.json has no {metric!r}; it holds {sorted(eval_json)}")
+    node = node[part]
+  return float(node)
+
+
 def load_generator(
     workdir: str, which: str = "latest", use_ema: bool = True
 ) -> tuple[evaluators.Generator, ml_collections.ConfigDict]:

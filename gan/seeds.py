@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from gan import data, utils, writers  # noqa: E402
+from gan import data, runs, utils, writers  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. experiments/mnist_improved_gan.py"
@@ -36,16 +36,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one run per s
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
 _METRIC = flags.DEFINE_string("metric", "test_error", "eval.json key, or '<evaluator>/<metric>'.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def read_metric(eval_json: dict[str, Any], metric: str) -> float:
-  """`metric` ("key" or "evaluator/key") from a run's eval.json record."""
-  node: Any = eval_json
-  for part in metric.split("/"):
-    if not isinstance(node, dict) or part not in node:
-      raise utils.ConfigError(f"eval.json has no {metric!r}; it holds {sorted(eval_json)}")
-    node = node[part]
-  return float(node)
 
 
 def summarise(values: dict[int, float], metric: str) -> dict[str, Any]:
@@ -97,7 +87,7 @@ def run_seeds(config, workdir: str, seeds: list[int], metric: str) -> dict[str, 
     print(f"seed {seed}: {run_dir}", flush=True)
     train.train_and_evaluate(config, run_dir)
     with open(os.path.join(run_dir, "eval.json")) as f:
-      values[seed] = read_metric(json.load(f), metric)
+      values[seed] = runs.read_metric(json.load(f), metric)
     print(f"seed {seed}: {metric} = {values[seed]:.6g}", flush=True)
   summary = summarise(values, metric)
   summary["wall_time_s"] = {

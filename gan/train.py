@@ -59,9 +59,14 @@ def unreplicate(tree):
 
 
 class Run:
-  """A prepared run: data on the devices, models, state, compiled step and writers."""
+  """A prepared run: data on the devices, models, state, compiled step and writers.
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  `shared`: a Run of the same dataset and evaluators whose loaded split, device
+  copy of the data and evaluators this one takes instead of building its own
+  (the members of a population sweep, `gan.sweep`).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, shared: Run | None = None):
     self.workdir = check_workdir(workdir)
     self.config = config
     # With several processes the step spans every process's devices; each
@@ -79,7 +84,10 @@ class Run:
     self.C = models.build_classifier(config.model, axis_name=step_lib.AXIS)
     if self.method is semi.triple_gan and self.C is None:
       raise ConfigError("method 'triple_gan' needs config.model.classifier")
-    split = data_lib.load(config.dataset, config.train_split, config.data_dir)
+    if shared is None:
+      split = data_lib.load(config.dataset, config.train_split, config.data_dir)
+    else:
+      split = shared.split
     logging.info("Data: %d examples from %s", split.num_examples, split.source)
     per_example = data_lib.STACKED.get(config.dataset, (None, 1))[1]
     if (
@@ -99,7 +107,7 @@ class Run:
       arrays |= labelled
       self.num_labelled = len(labelled["labelled_label"])
     self.state = self.initial_state()
-    self.evaluators = evaluators_lib.build(config)
+    self.evaluators = evaluators_lib.build(config) if shared is None else shared.evaluators
     self.checkpointer = runs.checkpointer(self.workdir, config)
     # Every process resumes from the step process 0 sees (-1: none), so they cannot drift apart.
     latest = self.checkpointer.latest_step()
@@ -107,7 +115,7 @@ class Run:
     if resume >= 0:
       self.state = self.checkpointer.restore(self.state, step=resume)
       print(f"{_prefix()}Resuming from step {int(self.state.step)} in {self.workdir}", flush=True)
-    self.data = replicate(arrays, self.devices)
+    self.data = replicate(arrays, self.devices) if shared is None else shared.data
     # The health monitor's probe: a fixed real batch and fixed latents, scored at log steps.
     probe = min(64, config.batch_size)
     _, batch = data_lib.batch_fn(config.dataset)(
@@ -170,7 +178,7 @@ def _prefix() -> str:
   return f"process {jax.process_index()}/{jax.process_count()}: "
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config.to_dict(), f, indent=2, sort_keys=True)
 
@@ -186,13 +194,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   """
   run = Run(config, workdir)
   if run.primary:
-    _write_config(config, run.workdir)
+    write_config(config, run.workdir)
   start = int(run.state.step)
   if start >= config.num_steps:
     logging.info("Already trained %d >= num_steps=%d steps", start, config.num_steps)
     return run.state
   writer = writers.MetricWriter(run.workdir) if run.primary else writers.NullWriter()
-  monitor = _HealthMonitor(run)
+  monitor = HealthMonitor(run)
   p_state = replicate(run.state, run.devices)
   del run.state  # donated to the step from here on
   bar = tqdm(
@@ -285,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   return state
 
 
-class _HealthMonitor:
+class HealthMonitor:
   """The loop's side of `gan.health`: feeds the Monitor, records events, carries out actions."""
 
   def __init__(self, run: Run):

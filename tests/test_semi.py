@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import mnist_improved_gan, mnist_triple_gan
-from gan import models, semi
+from gan import models, runs, semi
 from gan import step as step_lib
 from gan.models import dropout
 from gan.models.weight_norm import GaussianNoise, WNDense
@@ -257,9 +257,9 @@ def test_seed_runner_reports_mean_and_std_over_label_subsets(tmp_path):
   assert all(t is not None and 0 <= t < 600 for t in summary["wall_time_s"].values())
   subsets = [json.loads((tmp_path / f"seed_{s}" / "labelled.json").read_text()) for s in (0, 1)]
   assert subsets[0]["indices"] != subsets[1]["indices"]  # each seed its own labelled subset
-  assert seeds.read_metric({"a": {"b": 2.0}}, "a/b") == 2.0
+  assert runs.read_metric({"a": {"b": 2.0}}, "a/b") == 2.0
   with pytest.raises(ConfigError):
-    seeds.read_metric(values[0], "nothing")
+    runs.read_metric(values[0], "nothing")
 
 
 def test_wall_time_leaves_out_the_pause_before_a_resume(tmp_path):
