@@ -28,6 +28,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from gan import toy2d
 from gan.evaluation import evaluators
 
 
@@ -74,6 +75,22 @@ def get_config(variant: str = "ring8") -> ml_collections.ConfigDict:
   config.evals.toy2d = evaluators.settings("toy2d", every=5000)
   config.best_checkpoint = ml_collections.ConfigDict(
       {"metric": "toy2d/high_quality_fraction", "mode": "max", "keep": 1}
+  )
+
+  # Population sweep (`python -m gan.sweep`): 4 seeds x 2 learning rates (both players),
+  # 8 members trained together; a member succeeds if it is healthy and captures every mode.
+  config.sweep = ml_collections.ConfigDict(
+      {
+          "mode": "grid",
+          "members": 8,
+          "seed": (0, 1, 2, 3),
+          "params": {"optim/g/lr,optim/d/lr": (1e-3, 2e-3)},
+          "target": {
+              "metric": "toy2d/modes",
+              "mode": "max",
+              "threshold": toy2d.get(config.dataset).num_modes,
+          },
+      }
   )
 
   if variant == "smoke":

@@ -1,0 +1,449 @@
+"""Command line: a population sweep, `python -m gan.sweep --config experiments/X.py --workdir W`.
+
+Trains the K members of `config.sweep` together (`gan.population`: one
+compiled program per group of members, the train step vmapped over them and
+pmapped over the devices as in `gan.train`), each member a complete run in
+`W/member_k/`, then ranks them in `W/sweep.json` and `W/sweep.png`. Flags as
+`gan.main`'s (`--config.sweep.seed="(0,1)"` etc. override the config).
+
+The sweep section of the config:
+
+  config.sweep = ml_collections.ConfigDict({
+      "mode": "grid",             # or "random"
+      "members": 8,               # grid: optional, checked against the grid's size
+      "seed": (0, 1, 2, 3),       # grid: one axis; random: one seed per member
+                                  #   (default: config.seed + k)
+      "params": {                 # config key -> values, "/" for "." (ConfigDict keys
+          "optim/g/lr,optim/d/lr": (1e-3, 2e-3),  # hold no dots); comma-separated keys
+          "loss": ("non_saturating", "hinge"),    # take one value together (one axis)
+      },
+      "random_seed": 0,           # random: seeds the draws
+      "target": {"metric": "toy2d/modes", "mode": "max", "threshold": 8},
+  })
+
+Grid: every combination of the seeds and the params' values (seeds vary
+slowest, then the params in sorted key order). Random: member k has seed k of
+`seed` and draws each param independently: a value list is a set of choices,
+{"min": a, "max": b, "log": True} a (log-)uniform range. Which params are
+traced in one program and which split the population into groups:
+`gan.population`.
+
+Each member's directory is a plain run's (config.json, metrics.jsonl,
+samples/, checkpoints/, evals.jsonl, eval.json, events.jsonl, health.json),
+written by the same code as `gan.train`'s (`Run`, `HealthMonitor`), so
+`gan.evaluate`, `gan.sample` and `gan.report` work on it. Every member has its
+own health monitor; a member that is rolled back goes on from its restored
+checkpoint inside the population (members may then be at different steps),
+and one that stops is no longer written (it keeps its place in the program).
+`perf/steps_per_s` is the population's: each member's training steps per
+second. Run the same command again to resume: every member resumes from its
+latest checkpoint, finished members are left as they are.
+
+W/sweep.json: {"target", "success_rate", "successes", "num_members",
+"ranking": [member indices, best first], "members": [{"member", "workdir",
+"group", "hyperparameters" (seed and swept values), "step", "final_metrics"
+(the last training log record), "eval" (eval.json's metrics as
+<evaluator>/<metric>), "health": {"verdict": healthy | recovered | unhealthy,
+"summary": gan.report's verdict, "events": [detector@step -> action]},
+"target_reached", "success", "rank"}]}. A member succeeds if it is healthy or
+recovered (no unresolved failure, `gan.report.verdict`) and its final
+evaluation reaches the target; the success rate is the share of members that
+do. Without a target, members are ranked by `config.best_checkpoint.metric`
+and succeed if healthy. W/sweep.png: the members' target metric, best first,
+coloured by outcome.
+"""
+
+from __future__ import annotations
+
+from gan import platform
+
+platform.configure_xla()  # before JAX initialises its backend
+
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from gan import health, population, report, runs, train, writers  # noqa: E402
+from gan import main as cli  # noqa: E402  (its flags and error handling are the sweep's)
+from gan import state as state_lib  # noqa: E402
+from gan import step as step_lib  # noqa: E402
+from gan.evaluation import evaluators as evaluators_lib  # noqa: E402
+from gan.utils import ConfigError, check_workdir, every  # noqa: E402
+
+
+class _Group:
+  """Members that share one compiled program, and their stacked state on the devices."""
+
+  def __init__(self, members: list[_Member], traced: tuple[str, ...], devices):
+    self.devices = devices
+    lead = members[0].run
+    step = population.make_population_step(lead.config, lead.G, lead.D, traced)
+    self.step_fn = step_lib.pmap_step(step)
+    pop = population.create([m.spec for m in members], [m.run.state for m in members])
+    self.hparams = pop.hparams
+    self.p_pop = train.replicate(pop, devices)
+    self.p_metrics = None
+    self.diversity_fn = jax.vmap(lead.diversity)
+    self.probe_real = np.stack([np.asarray(m.run.probe_real) for m in members])
+    self.probe_z = np.stack([np.asarray(m.run.probe_z) for m in members])
+    self._host: state_lib.GANState | None = None  # this step's state, fetched when needed
+    self._metrics: dict[str, np.ndarray] | None = None
+    self._diversity: np.ndarray | None = None
+    self._changed = False  # a member's state was replaced on the host
+
+  def step(self, data) -> None:
+    if self._changed:
+      self.p_pop = train.replicate(population.Population(self._host, self.hparams), self.devices)
+      self._changed = False
+    # At most two steps in flight, as in gan.train (an unbounded queue deadlocked XLA:CPU).
+    previous = self.p_metrics
+    self.p_pop, self.p_metrics = self.step_fn(self.p_pop, data)
+    jax.block_until_ready(previous)
+    self._host = self._metrics = self._diversity = None
+
+  def fetch_metrics(self) -> None:
+    if self._metrics is None:
+      self._metrics = jax.device_get(train.unreplicate(self.p_metrics))
+
+  def metrics(self, position: int) -> dict[str, float]:
+    self.fetch_metrics()
+    return {k: float(v[position]) for k, v in self._metrics.items()}
+
+  def state(self, position: int) -> state_lib.GANState:
+    """Member `position`'s current state, on the host."""
+    if self._host is None:
+      self._host = jax.device_get(train.unreplicate(self.p_pop.state))
+    return population.take(self._host, position)
+
+  def set_state(self, position: int, state: state_lib.GANState) -> None:
+    """Replaces member `position`'s state (a rollback, a changed learning-rate scale)."""
+    self.state(position)
+    leaves = [np.array(x) for x in jax.tree.leaves(self._host)]
+    for leaf, new in zip(leaves, jax.tree.leaves(state), strict=True):
+      leaf[position] = new
+    self._host = jax.tree.unflatten(jax.tree.structure(self._host), leaves)
+    self._changed = True
+
+  def diversity(self, position: int) -> float:
+    """The health monitor's diversity probe, for every member at once."""
+    if self._diversity is None:
+      state = train.unreplicate(self.p_pop.state)
+      self._diversity = np.asarray(
+          self.diversity_fn(state.g, state.d, self.probe_real, self.probe_z)
+      )
+    return float(self._diversity[position])
+
+
+class _Prefixed:
+  """The progress bar, seen by one member's health monitor: its messages name the member."""
+
+  def __init__(self, bar, prefix: str):
+    self.bar, self.prefix = bar, prefix
+
+  def write(self, message: str) -> None:
+    self.bar.write(self.prefix + message)
+
+
+class _Member:
+  """One member's side of the loop: its Run, metric writer and health monitor."""
+
+  def __init__(self, spec: population.Member, run: train.Run, bar):
+    self.spec, self.run, self.bar = spec, run, _Prefixed(bar, f"member {spec.index}: ")
+    self.monitor = train.HealthMonitor(run)
+    self.monitor.bar = self.bar
+    self.writer = writers.MetricWriter(run.workdir) if run.primary else writers.NullWriter()
+    self.step = int(run.state.step)
+    self.done = self.step >= run.config.num_steps
+    self.final = run.state if self.done else None
+    self.results, self.results_step = None, self.step
+    self.group: _Group | None = None
+    self.position = 0
+
+  def inject_fault(self) -> None:
+    """A fault injected on purpose (`config.inject_fault`) before the step that reaches it."""
+    if self.step + 1 == self.monitor.fault_step:
+      state = self.monitor.inject_fault(self.group.state(self.position))
+      self.group.set_state(self.position, state)
+
+  def log_due(self) -> bool:
+    config = self.run.config
+    return every(self.step, config.log_every) or self.step == config.num_steps
+
+  def after_step(self, steps_per_s: float) -> bool:
+    """What gan.train does after a step, for this member; returns whether it evaluated."""
+    run, config, monitor, step = self.run, self.run.config, self.monitor, self.step
+    is_last = step == config.num_steps
+    events: list[health.Event] = []
+    if self.log_due():
+      metrics = self.group.metrics(self.position)
+      metrics["perf/steps_per_s"] = steps_per_s
+      metrics["perf/images_per_s"] = steps_per_s * config.batch_size
+      if monitor.enabled:
+        metrics["health/diversity"] = self.group.diversity(self.position)
+        d_params = self.group.state(self.position).d.params
+        metrics["health/d_sigma_max"] = max(health.top_singular_values(d_params).values())
+      self.writer.write(step, metrics)
+      events += monitor.observe(step, metrics)
+    if run.primary and (every(step, config.sample_every) or is_last):
+      run.save_samples(self.group.state(self.position))
+    due = [n for n, e in run.evaluators.items() if every(step, e.every) or is_last]
+    eval_metrics = None
+    if due:
+      self.results, self.results_step = run.evaluate(self.group.state(self.position), due), step
+      eval_metrics = evaluators_lib.flatten(self.results)
+      self.writer.write(step, eval_metrics)
+      if run.primary:
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items())
+        self.bar.write(f"step {step}: {scores}")
+      events += monitor.observe_eval(step, eval_metrics)
+    action = monitor.handle(events)
+    stopping = action in ("early_stop", "stop")
+    if action == "log" and monitor.enabled and (scale := monitor.recovered(step)) is not None:
+      state = state_lib.with_learning_rate_scale(self.group.state(self.position), scale)
+      self.group.set_state(self.position, state)
+    if every(step, config.checkpoint_every) or is_last or eval_metrics or stopping:
+      run.checkpointer.save(self.group.state(self.position), config, eval_metrics)
+      monitor.save()
+    if (is_last or stopping) and self.results is not None and run.primary:
+      runs.write_eval_json(run.workdir, self.results_step, "final", self.results)
+    if stopping and run.primary:
+      self.bar.write(f"step {step}: stopping ({action}); best checkpoint: {monitor.best_note()}")
+    if action == "rollback" and not stopping:  # as in gan.train, also after the last step
+      state = monitor.rollback(events)
+      self.group.set_state(self.position, state)
+      self.step = int(state.step)
+    elif is_last or stopping:
+      self.done, self.final = True, self.group.state(self.position)
+    return bool(due)
+
+  def close(self) -> None:
+    self.writer.close()
+    self.run.checkpointer.close()
+
+
+def member_dir(workdir: str, index: int) -> str:
+  return os.path.join(workdir, f"member_{index}")
+
+
+def train_population(config: ml_collections.ConfigDict, workdir: str) -> list[state_lib.GANState]:
+  """Trains (or resumes) every member of `config.sweep`; writes W/sweep.json and W/sweep.png.
+
+  Returns the members' final states, on the host, in member order.
+  """
+  if jax.process_count() > 1:
+    raise ConfigError("population sweeps run in one process (its devices are the population's)")
+  specs = population.expand(config)
+  workdir = check_workdir(workdir)
+  member_runs: list[train.Run] = []
+  for spec in specs:
+    shared = member_runs[0] if member_runs else None  # the data and evaluators are loaded once
+    member_runs.append(train.Run(spec.config, member_dir(workdir, spec.index), shared=shared))
+    train.write_config(spec.config, member_runs[-1].workdir)
+  start = min(int(run.state.step) for run in member_runs)
+  bar = tqdm(
+      total=config.num_steps,
+      initial=start,
+      desc=f"sweep of {len(specs)}",
+      unit="step",
+      dynamic_ncols=True,
+      mininterval=0.5 if sys.stderr.isatty() else 30.0,
+  )
+  members = [_Member(spec, run, bar) for spec, run in zip(specs, member_runs, strict=True)]
+  traced = population.traced_keys(specs)
+  groups: dict[tuple, list[_Member]] = {}
+  for member in members:
+    if not member.done:  # finished members (on resume) are not trained again
+      groups.setdefault(population.group_key(member.spec), []).append(member)
+  for group_members in groups.values():
+    group = _Group(group_members, traced, member_runs[0].devices)
+    for position, member in enumerate(group_members):
+      member.group, member.position = group, position
+      del member.run.state  # the population holds it from here on
+  data = member_runs[0].data
+  iteration, last_iteration, last_time = 0, 0, time.perf_counter()
+  while active := [m for m in members if not m.done]:
+    for member in active:
+      member.inject_fault()
+    for group_members in groups.values():
+      group_members[0].group.step(data)
+    iteration += 1
+    for member in active:
+      member.step += 1
+    logging_members = [m for m in active if m.log_due()]
+    for member in logging_members:
+      member.group.fetch_metrics()  # waits for the step: the rate below is training's
+    steps_per_s = 0.0
+    if logging_members:
+      now = time.perf_counter()
+      steps_per_s = (iteration - last_iteration) / (now - last_time)
+      last_iteration, last_time = iteration, now
+    evaluated = [member.after_step(steps_per_s) for member in active]
+    if any(evaluated):  # evaluation is not training throughput
+      last_iteration, last_time = iteration, time.perf_counter()
+    bar.update(min((m.step for m in members if not m.done), default=config.num_steps) - bar.n)
+  bar.close()
+  for member in members:
+    member.close()
+  summary = summarise(config, workdir, specs)
+  print(
+      f"sweep: {summary['successes']}/{summary['num_members']} members succeeded "
+      f"(success rate {summary['success_rate']:.2f}); {os.path.join(workdir, 'sweep.json')}",
+      flush=True,
+  )
+  return [member.final for member in members]
+
+
+def _target(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  target = dict(config.sweep.get("target") or {})
+  if not target.get("metric"):
+    best = config.get("best_checkpoint") or {}
+    target = {"metric": best.get("metric") or None, "mode": best.get("mode", "min")}
+  if target.get("mode", "max") not in ("min", "max"):
+    raise ConfigError(f"sweep.target.mode must be 'min' or 'max', not {target['mode']!r}")
+  return {"metric": target["metric"], "mode": target.get("mode", "max")} | (
+      {"threshold": target["threshold"]} if target.get("threshold") is not None else {}
+  )
+
+
+def _entry(
+    spec: population.Member, group: int, run_dir: str, target: dict[str, Any]
+) -> dict[str, Any]:
+  """One member's line of sweep.json (everything read from its run directory)."""
+  evaluation = {}
+  if os.path.exists(os.path.join(run_dir, "eval.json")):
+    with open(os.path.join(run_dir, "eval.json")) as f:
+      evaluation = json.load(f)
+  flat = {
+      f"{name}/{key}": value
+      for name, result in evaluation.items()
+      if isinstance(result, dict)
+      for key, value in result.items()
+      if key != "protocol"
+  }
+  records = writers.read_metrics(run_dir) if os.path.exists(f"{run_dir}/metrics.jsonl") else []
+  training = [r for r in records if "d/loss" in r]
+  verdict = report.verdict(report.load(run_dir))
+  value = None
+  if target["metric"] and evaluation:
+    try:
+      value = runs.read_metric(evaluation, target["metric"])
+    except ConfigError:
+      value = None
+  reached = value is not None and (
+      "threshold" not in target
+      or (value >= target["threshold"] if target["mode"] == "max" else value <= target["threshold"])
+  )
+  healthy = not verdict.startswith("Unhealthy")
+  return {
+      "member": spec.index,
+      "workdir": os.path.basename(run_dir),
+      "group": group,
+      "hyperparameters": spec.hyperparameters,
+      "step": int(training[-1]["step"]) if training else 0,
+      "final_metrics": {k: v for k, v in (training or [{}])[-1].items() if "/" in k},
+      "eval": flat,
+      "health": {
+          "verdict": verdict.split()[0].rstrip(":").lower(),  # healthy, recovered, unhealthy
+          "summary": verdict,
+          "events": [
+              f"{e['detector']}@{e['step']} -> {e['action']}" for e in health.read_events(run_dir)
+          ],
+      },
+      "target_value": value,
+      "target_reached": bool(reached) if target["metric"] else None,
+      "success": healthy and (bool(reached) if target["metric"] else True),
+  }
+
+
+def summarise(
+    config: ml_collections.ConfigDict, workdir: str, specs: list[population.Member]
+) -> dict[str, Any]:
+  """Ranks the members from their run directories; writes and returns W/sweep.json (+ plot)."""
+  target = _target(config)
+  groups: dict[tuple, int] = {}
+  entries = [
+      _entry(
+          spec,
+          groups.setdefault(population.group_key(spec), len(groups)),
+          member_dir(workdir, spec.index),
+          target,
+      )
+      for spec in specs
+  ]
+  sign = -1.0 if target["mode"] == "max" else 1.0
+
+  def order(entry):  # successes first, then by the target metric, missing values last
+    value = entry["target_value"]
+    return (not entry["success"], value is None, sign * value if value is not None else 0.0)
+
+  ranking = [e["member"] for e in sorted(entries, key=order)]
+  for entry in entries:
+    entry["rank"] = ranking.index(entry["member"]) + 1
+  successes = sum(e["success"] for e in entries)
+  summary = {
+      "target": target,
+      "success_rate": successes / len(entries),
+      "successes": successes,
+      "num_members": len(entries),
+      "ranking": ranking,
+      "members": entries,
+  }
+  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  plot(summary, os.path.join(workdir, "sweep.png"))
+  return summary
+
+
+def _label(entry: dict[str, Any]) -> str:
+  values = ", ".join(
+      f"{k.removeprefix('optim.')} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+      for k, v in entry["hyperparameters"].items()
+  )
+  return f"member {entry['member']}: {values}"
+
+
+def plot(summary: dict[str, Any], path: str) -> str:
+  """The ranking: each member's target metric (best at the top), coloured by outcome."""
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  target = summary["target"]
+  by_member = {e["member"]: e for e in summary["members"]}
+  ranked = [by_member[k] for k in summary["ranking"]][::-1]
+  values = [e["target_value"] if e["target_value"] is not None else np.nan for e in ranked]
+  colours = [
+      "tab:green" if e["success"] else "tab:red" if e["health"]["verdict"] == "unhealthy" else "0.6"
+      for e in ranked
+  ]
+  fig, ax = plt.subplots(figsize=(7, 0.35 * len(ranked) + 1.4), dpi=100)
+  ax.barh(range(len(ranked)), np.nan_to_num(values), color=colours)
+  ax.set_yticks(range(len(ranked)), [_label(e) for e in ranked], fontsize=8)
+  if "threshold" in target:
+    ax.axvline(target["threshold"], color="k", linestyle="--", linewidth=1)
+  ax.set_xlabel(target["metric"] or "no target metric")
+  ax.set_title(
+      f"success rate {summary['successes']}/{summary['num_members']} "
+      "(green: healthy and on target; grey: missed the target; red: unhealthy)",
+      fontsize=9,
+  )
+  fig.savefig(path, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def main(argv: list[str]) -> None:
+  cli.run(argv, train_population)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)
