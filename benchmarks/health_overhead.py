@@ -39,8 +39,9 @@ def main() -> None:
   args = parser.parse_args()
 
   rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (train_step.NUM_EXAMPLES, 28, 28, 1), dtype=np.uint8)
-  labels = rng.integers(0, 10, (train_step.NUM_EXAMPLES,), dtype=np.int32)
+  _, shape, num_examples = train_step.CONFIGS["mnist"]
+  images = rng.integers(0, 256, (num_examples, *shape), dtype=np.uint8)
+  labels = rng.integers(0, 10, (num_examples,), dtype=np.int32)
   data = replicate({"image": images, "label": labels}, jax.local_devices())
   on = train_step.Setting(args.batch, data, 64, health=True)
   off = train_step.Setting(args.batch, data, 64, health=False)
