@@ -35,14 +35,8 @@ needs_cifar10 = pytest.mark.skipif(
 )
 EXPERIMENTS = {m.__name__.split(".")[-1]: m for m in (cifar10, cifar10_dcgan, cifar10_cgan_pd)}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compilation():
-  """The smoke steps are tiny: compiling them fast matters, running them fast does not."""
-  saved = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", saved)
+# The smoke steps are tiny: compiling them fast matters, running them fast does not.
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 @pytest.fixture(scope="module")
