@@ -41,8 +41,9 @@ BROKEN = ("broken_d_wins", "broken_collapse", "broken_diverge", "broken_spike")
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """Returns the experiment config.
 
-  `variant` is a comma-separated list: "smoke" (the few-second version) and/or
-  one of BROKEN (runs broken on purpose for the health monitor), e.g.
+  `variant` is a comma-separated list: "smoke" (the few-second version),
+  "mlp" (MLP players instead of the DCGAN, the population sweep's members)
+  and/or one of BROKEN (runs broken on purpose for the health monitor), e.g.
   "smoke,broken_collapse".
   """
   config = ml_collections.ConfigDict()
@@ -92,10 +93,34 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # "When to stop": stop once FCD has not improved for 3 evaluations (the best is kept).
   config.health.plateau.patience = 3
 
+  # Population sweep (`python -m gan.sweep`; `:mlp` for members small enough to train 8 at
+  # once on a CPU): 4 seeds x 2 learning rates (both players). A member succeeds if it is
+  # healthy and its final FCD is at most the threshold.
+  config.sweep = ml_collections.ConfigDict(
+      {
+          "mode": "grid",
+          "members": 8,
+          "seed": (0, 1, 2, 3),
+          "params": {"optim/g/lr,optim/d/lr": (2e-4, 5e-4)},
+          "target": {"metric": "mnist_cnn/fcd", "mode": "min", "threshold": 50.0},
+      }
+  )
+
   parts = [p for p in variant.split(",") if p]
   for part in parts:
-    if part not in ("smoke", *BROKEN):
-      raise ValueError(f"unknown variant {part!r}; use '', 'smoke', one of {BROKEN}, or a mix")
+    if part not in ("smoke", "mlp", *BROKEN):
+      raise ValueError(
+          f"unknown variant {part!r}; use '', 'smoke', 'mlp', one of {BROKEN}, or a mix"
+      )
+  if "mlp" in parts:
+    # Two hidden layers of 256 in each player, z of 64: the classic fully connected MNIST
+    # GAN, small enough that 8 members train side by side on a CPU (gan.sweep).
+    config.model.generator = config.model.discriminator = "mlp"
+    config.model.z_dim = 64
+    config.model.g = ml_collections.ConfigDict(
+        {"width": 256, "depth": 2, "activation": "relu", "image_shape": (28, 28, 1)}
+    )
+    config.model.d = ml_collections.ConfigDict({"width": 256, "depth": 2, "activation": "lrelu"})
   if "smoke" in parts:
     config.model.g.width = 8
     config.model.d.width = 8

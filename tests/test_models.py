@@ -61,3 +61,16 @@ def test_generator_batch_norm_updates_running_stats_in_train_mode(smoke_config):
   before = jax.tree.leaves(g_vars["batch_stats"])
   after = jax.tree.leaves(mutated["batch_stats"])
   assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_mlp_players_for_mnist_images():
+  from experiments import mnist  # noqa: PLC0415
+
+  config = mnist.get_config("mlp")
+  G, D, g_vars, d_vars = _init(config)
+  # G: 64 -> 256 -> 256 -> 784 (tanh); D: 784 -> 256 -> 256 -> 1, weights and biases.
+  assert _count(g_vars["params"]) == (64 + 1) * 256 + (256 + 1) * 256 + (256 + 1) * 784
+  assert _count(d_vars["params"]) == (784 + 1) * 256 + (256 + 1) * 256 + (256 + 1) * 1
+  images = G.apply(g_vars, 10 * jax.random.normal(jax.random.PRNGKey(7), (3, 64)), train=False)
+  assert images.shape == (3, 28, 28, 1) and float(jnp.max(jnp.abs(images))) <= 1.0
+  assert D.apply(d_vars, images, train=False).shape == (3,)

@@ -1,4 +1,5 @@
-"""MLP generator and discriminator for low-dimensional data (the 2D mixtures).
+"""MLP generator and discriminator for low-dimensional data (the 2D mixtures), and for
+images as flat vectors (the MNIST-MLP members of population sweeps).
 
 The discriminator optionally *packs* m samples into one decision (PacGAN, Lin
 et al. 2018): the batch (B, d) is reshaped to (B/m, m*d), so D judges m
@@ -8,8 +9,11 @@ plain discriminator.
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 _ACTIVATIONS = {"relu": nn.relu, "lrelu": lambda x: nn.leaky_relu(x, 0.2), "elu": nn.elu}
 
@@ -21,12 +25,17 @@ def _activation(name: str):
 
 
 class MLPGenerator(nn.Module):
-  """z (B, z_dim) -> `depth` hidden layers of `width` -> points (B, out_dim), linear output."""
+  """z (B, z_dim) -> `depth` hidden layers of `width` -> points (B, out_dim), linear output.
+
+  With `image_shape` (e.g. (28, 28, 1)) it makes images instead: tanh outputs
+  in [-1, 1], shaped (B, *image_shape), and `out_dim` is unused.
+  """
 
   width: int = 256
   depth: int = 3
   out_dim: int = 2
   activation: str = "relu"
+  image_shape: tuple[int, ...] = ()
   axis_name: str | None = None  # unused: no batch statistics; kept for the registry interface
 
   @nn.compact
@@ -36,7 +45,10 @@ class MLPGenerator(nn.Module):
     x = z
     for _ in range(self.depth):
       x = act(nn.Dense(self.width)(x))
-    return nn.Dense(self.out_dim)(x)
+    if not self.image_shape:
+      return nn.Dense(self.out_dim)(x)
+    x = jnp.tanh(nn.Dense(math.prod(self.image_shape))(x))
+    return x.reshape(x.shape[0], *self.image_shape)
 
 
 class MLPDiscriminator(nn.Module):
