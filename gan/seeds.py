@@ -24,18 +24,16 @@ import os  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from gan import data, runs, utils, writers  # noqa: E402
+from gan import main as cli  # noqa: E402  (--config, --workdir and the error handling are gan.main's)
+from gan import runs, utils, writers  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. experiments/mnist_improved_gan.py"
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding one run per seed.")
+# gan.main defines --config and --workdir (here: the directory holding one run
+# per seed); defining them again would clash whenever both modules are imported
+# (gan.sweep imports gan.main, and so do the tests).
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
 _METRIC = flags.DEFINE_string("metric", "test_error", "eval.json key, or '<evaluator>/<metric>'.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def summarise(values: dict[int, float], metric: str) -> dict[str, Any]:
@@ -99,22 +97,20 @@ def run_seeds(config, workdir: str, seeds: list[int], metric: str) -> dict[str, 
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    utils.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   try:
     seeds = [int(s) for s in _SEEDS.value]
-    summary = run_seeds(_CONFIG.value, _WORKDIR.value, seeds, _METRIC.value)
-  except ValueError as e:  # includes ConfigError; int() of a bad seed
-    utils.fail(str(e))
-  except data.DatasetNotFoundError as e:
-    utils.fail(str(e))
-  print(
-      f"{summary['metric']}: {summary['mean']:.6g} +- {summary['std']:.3g} "
-      f"(sample std) over {summary['n']} seeds {list(summary['values'])}"
-  )
+  except ValueError:
+    utils.fail(f"--seeds takes comma-separated integers, got {','.join(_SEEDS.value)!r}")
+
+  def train_seeds(config, workdir: str) -> None:
+    summary = run_seeds(config, workdir, seeds, _METRIC.value)
+    print(
+        f"{summary['metric']}: {summary['mean']:.6g} +- {summary['std']:.3g} "
+        f"(sample std) over {summary['n']} seeds {list(summary['values'])}"
+    )
+
+  cli.run(argv, train_seeds)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -77,3 +77,21 @@ def test_trains_offline_on_two_devices_and_resumes(tmp_path):
   assert second.returncode == 0, second.stderr
   assert "Resuming from step 10" in second.stdout
   assert os.path.exists(os.path.join(workdir, "samples", "step_000020.png"))
+
+
+def test_command_line_modules_share_their_flags():
+  # gan.sweep and gan.seeds take gan.main's --config and --workdir: each defining
+  # its own made importing two of them (as the test suite does) a DuplicateFlagError.
+  code = "import gan.main, gan.sweep, gan.seeds; print('ok')"
+  result = subprocess.run(
+      [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
+  )
+  assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+  bad = subprocess.run(
+      [sys.executable, "-m", "gan.seeds", "--config", SMOKE, "--workdir", "w", "--seeds", "0,x"],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      check=False,
+  )
+  _assert_one_line_error(bad, "--seeds")
