@@ -40,7 +40,7 @@ from gan.evaluation import evaluators
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """Returns the experiment config.
 
-  Variants: "" (50 epochs, ~1 h on a 2-core CPU), "paper" (the paper's 300
+  Variants: "" (50 epochs, 64-72 min on one core of the 2-core CPU), "paper" (the paper's 300
   epochs; identical to the default for its first 30,000 steps, so a default
   run can be extended by resuming it with `--config.num_steps=180000`) and
   "smoke" (a few seconds).
