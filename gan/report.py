@@ -144,13 +144,13 @@ def verdict(report: dict[str, Any]) -> str:
 
 
 def _figure(report: dict[str, Any], keys_panels, columns: int = 3, width: float = 4.2):
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  # A bare Figure, not pyplot: it draws with Agg whatever the backend, and pyplot's backend
+  # stays the caller's (matplotlib.use("Agg") here would stop a notebook's inline plots).
+  from matplotlib.figure import Figure  # noqa: PLC0415
 
   rows = max(1, -(-len(keys_panels) // columns))
-  fig, axes = plt.subplots(rows, columns, figsize=(width * columns, 2.8 * rows), squeeze=False)
+  fig = Figure(figsize=(width * columns, 2.8 * rows))
+  axes = fig.subplots(rows, columns, squeeze=False)
   for ax in axes.flat[len(keys_panels) :]:
     ax.axis("off")
   for ax, (title, keys, log) in zip(axes.flat, keys_panels, strict=False):
@@ -171,11 +171,8 @@ def _figure(report: dict[str, Any], keys_panels, columns: int = 3, width: float 
 
 
 def _png(fig) -> bytes:
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-  plt.close(fig)
   return buffer.getvalue()
 
 

@@ -412,10 +412,7 @@ def _label(entry: dict[str, Any]) -> str:
 
 def plot(summary: dict[str, Any], path: str) -> str:
   """The ranking: each member's target metric (best at the top), coloured by outcome."""
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  from matplotlib.figure import Figure  # noqa: PLC0415  (not pyplot: see gan.report._figure)
 
   target = summary["target"]
   by_member = {e["member"]: e for e in summary["members"]}
@@ -425,7 +422,8 @@ def plot(summary: dict[str, Any], path: str) -> str:
       "tab:green" if e["success"] else "tab:red" if e["health"]["verdict"] == "unhealthy" else "0.6"
       for e in ranked
   ]
-  fig, ax = plt.subplots(figsize=(7, 0.35 * len(ranked) + 1.4), dpi=100)
+  fig = Figure(figsize=(7, 0.35 * len(ranked) + 1.4), dpi=100)
+  ax = fig.subplots()
   ax.barh(range(len(ranked)), np.nan_to_num(values), color=colours)
   ax.set_yticks(range(len(ranked)), [_label(e) for e in ranked], fontsize=8)
   if "threshold" in target:
@@ -437,7 +435,6 @@ def plot(summary: dict[str, Any], path: str) -> str:
       fontsize=9,
   )
   fig.savefig(path, bbox_inches="tight")
-  plt.close(fig)
   return path
 
 

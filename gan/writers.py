@@ -60,19 +60,16 @@ def save_image_grid(images: np.ndarray, path: str, columns: int | None = None) -
 
 def save_points_plot(points: np.ndarray, means: np.ndarray, path: str) -> str:
   """Scatter plot of generated 2D points (blue) over the mixture's means (red)."""
-  import matplotlib  # noqa: PLC0415  (only needed for 2D data)
+  from matplotlib.figure import Figure  # noqa: PLC0415  (only needed for 2D data)
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+  fig = Figure(figsize=(4, 4), dpi=100)  # not pyplot: see `gan.report._figure`
+  ax = fig.subplots()
   ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, color="tab:blue")
   ax.scatter(means[:, 0], means[:, 1], s=12, marker="x", color="tab:red")
   lim = float(np.abs(means).max()) * 1.4
   ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.savefig(path, bbox_inches="tight")
-  plt.close(fig)
   return path
 
 

@@ -5,6 +5,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
 import pytest
 
@@ -255,7 +256,15 @@ def _fake_run(workdir, events=()):
 
 def test_report_of_a_healthy_run(tmp_path):
   _fake_run(tmp_path)
-  html_path, summary_path = report.write(str(tmp_path))
+  # The caller's pyplot backend (a notebook's is "inline") is left alone: switching it to Agg
+  # stopped a notebook's figures from showing.
+  saved = matplotlib.get_backend()
+  matplotlib.use("svg")
+  try:
+    html_path, summary_path = report.write(str(tmp_path))
+    assert matplotlib.get_backend() == "svg"
+  finally:
+    matplotlib.use(saved)
   with open(html_path) as f:
     page = f.read()
   assert "Healthy: no detector fired in 100 steps." in page
