@@ -61,7 +61,6 @@ platform.configure_xla()  # before JAX initialises its backend
 
 import json  # noqa: E402
 import os  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -76,7 +75,7 @@ from gan import main as cli  # noqa: E402  (its flags and error handling are the
 from gan import state as state_lib  # noqa: E402
 from gan import step as step_lib  # noqa: E402
 from gan.evaluation import evaluators as evaluators_lib  # noqa: E402
-from gan.utils import ConfigError, check_workdir, every  # noqa: E402
+from gan.utils import ConfigError, check_workdir, every, progress_interval  # noqa: E402
 
 
 class _Group:
@@ -254,7 +253,7 @@ def train_population(config: ml_collections.ConfigDict, workdir: str) -> list[st
       desc=f"sweep of {len(specs)}",
       unit="step",
       dynamic_ncols=True,
-      mininterval=0.5 if sys.stderr.isatty() else 30.0,
+      mininterval=progress_interval(),
   )
   members = [_Member(spec, run, bar) for spec, run in zip(specs, member_runs, strict=True)]
   traced = population.traced_keys(specs)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -28,7 +27,7 @@ from gan import distributed, health, models, runs, semi, toy2d, writers
 from gan import state as state_lib
 from gan import step as step_lib
 from gan.evaluation import evaluators as evaluators_lib
-from gan.utils import ConfigError, check_batch, check_workdir, every
+from gan.utils import ConfigError, check_batch, check_workdir, every, progress_interval
 
 
 def replicate(tree, devices):
@@ -209,8 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       desc="train",
       unit="step",
       dynamic_ncols=True,
-      # Redrawn in place on a terminal; in a log file, one line every 30 s.
-      mininterval=0.5 if sys.stderr.isatty() else 30.0,
+      mininterval=progress_interval(),
       disable=not run.primary,
   )
   monitor.bar = bar

@@ -29,6 +29,12 @@ def every(step: int, n: int) -> bool:
   return n > 0 and step % n == 0
 
 
+def progress_interval() -> float:
+  """Seconds between progress-bar redraws: 0.5 where the bar is redrawn in place (a terminal,
+  a Jupyter notebook), 30 in a log file, where every redraw is a line."""
+  return 0.5 if sys.stderr.isatty() or "ipykernel" in sys.modules else 30.0
+
+
 def check_workdir(workdir: str) -> str:
   """Creates `workdir` if needed and checks that files can be written in it."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
