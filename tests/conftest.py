@@ -11,6 +11,8 @@ os.environ["XLA_FLAGS"] = " ".join(
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import gc  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -31,6 +33,16 @@ def fast_compilation():
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", saved)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+  """Drops JAX's compiled programs and traces after each test module. One process runs
+  hundreds of differently shaped programs; kept to the end they grew the process past
+  5 GB, and a CI run crashed in XLA's compiler late in the suite."""
+  yield
+  jax.clear_caches()
+  gc.collect()
 
 
 def pytest_configure(config):

@@ -270,10 +270,15 @@ def _directory(dataset: str, arch: str) -> str:
 
 
 def save(classifier: Classifier, directory: str) -> None:
-  """Writes weights and info.json into a temporary directory, then renames it into place."""
+  """Writes weights and info.json into a temporary directory, then renames it into place.
+
+  The temporary directory is this process's own, so processes filling the same
+  cache at once (test workers, a sweep's evaluations) never write into each
+  other's files; the last rename wins and every rename installs a whole copy.
+  """
   blob = serialization.to_bytes(classifier.variables)
   classifier.info["weights_sha256"] = hashlib.sha256(blob).hexdigest()
-  tmp = directory + ".tmp"
+  tmp = f"{directory}.tmp{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   with open(os.path.join(tmp, "variables.msgpack"), "wb") as f:
