@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from experiments import mnist_improved_gan, mnist_triple_gan
 from gan import models, runs, semi
@@ -228,6 +229,9 @@ def test_evaluate_cli_reproduces_the_runs_test_error(tmp_path):
   during = json.loads((tmp_path / "eval.json").read_text())
   after = runs.evaluate(str(tmp_path))
   assert after["test_error"] == during["test_error"] and after["labels"] == during["labels"]
+  # G(z, y) cycles its labels, so the sample grid has one column per class: 10 x (28 + 1px) + 1.
+  grids = sorted((tmp_path / "samples").glob("*.png"))
+  assert grids and np.asarray(Image.open(grids[-1])).shape[1] == 10 * 29 + 1
   # The view it scored is C's EMA with C's running statistics, not the raw parameters.
   state, config = runs._restore(str(tmp_path), "latest")
   found = runs._views(state, config, use_ema=True)
