@@ -73,4 +73,9 @@ def test_mlp_players_for_mnist_images():
   assert _count(d_vars["params"]) == (784 + 1) * 256 + (256 + 1) * 256 + (256 + 1) * 1
   images = G.apply(g_vars, 10 * jax.random.normal(jax.random.PRNGKey(7), (3, 64)), train=False)
   assert images.shape == (3, 28, 28, 1) and float(jnp.max(jnp.abs(images))) <= 1.0
-  assert D.apply(d_vars, images, train=False).shape == (3,)
+  logits = D.apply(d_vars, images, train=False)
+  assert logits.shape == (3,)
+  # D drops hidden units (rate 0.3) in training only.
+  dropped = D.apply(d_vars, images, train=True, rngs={"dropout": jax.random.PRNGKey(8)})
+  assert not np.allclose(dropped, logits)
+  np.testing.assert_array_equal(D.apply(d_vars, images, train=False), logits)
