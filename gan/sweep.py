@@ -39,18 +39,22 @@ and one that stops is no longer written (it keeps its place in the program).
 second. Run the same command again to resume: every member resumes from its
 latest checkpoint, finished members are left as they are.
 
-W/sweep.json: {"target", "success_rate", "successes", "num_members",
-"ranking": [member indices, best first], "members": [{"member", "workdir",
-"group", "hyperparameters" (seed and swept values), "step", "final_metrics"
-(the last training log record), "eval" (eval.json's metrics as
-<evaluator>/<metric>), "health": {"verdict": healthy | recovered | unhealthy,
-"summary": gan.report's verdict, "events": [detector@step -> action]},
-"target_reached", "success", "rank"}]}. A member succeeds if it is healthy or
-recovered (no unresolved failure, `gan.report.verdict`) and its final
-evaluation reaches the target; the success rate is the share of members that
-do. Without a target, members are ranked by `config.best_checkpoint.metric`
-and succeed if healthy. W/sweep.png: the members' target metric, best first,
-coloured by outcome.
+W/sweep.json: {"target", "tiebreak", "success_rate", "successes",
+"num_members", "ranking": [member indices, best first], "members": [{"member",
+"workdir", "group", "hyperparameters" (seed and swept values), "step",
+"final_metrics" (the last training log record), "eval" (eval.json's metrics
+as <evaluator>/<metric>), "health": {"verdict": healthy | recovered |
+unhealthy, "summary": gan.report's verdict, "events": [detector@step ->
+action]}, "target_value", "tiebreak_value", "target_reached", "success",
+"rank"}]}. A member succeeds if it is healthy or recovered (no unresolved
+failure, `gan.report.verdict`) and its final evaluation reaches the target;
+the success rate is the share of members that do. Without a target, members
+are ranked by `config.best_checkpoint.metric` and succeed if healthy. Members
+are ranked successes first, then by the target metric; ties (every ring8
+member finding all 8 modes) are broken by `config.best_checkpoint.metric`
+when it is another metric ("tiebreak": {"metric", "mode"}, else null).
+W/sweep.png: the members' target metric, best first, coloured by outcome and
+labelled with the target and tie-break values.
 """
 
 from __future__ import annotations
@@ -312,8 +316,30 @@ def _target(config: ml_collections.ConfigDict) -> dict[str, Any]:
   )
 
 
+def _tiebreak(config: ml_collections.ConfigDict, target: dict[str, Any]) -> dict[str, Any] | None:
+  """The metric that orders members the target leaves tied: the best checkpoint's, if another."""
+  best = config.get("best_checkpoint") or {}
+  if not best.get("metric") or best["metric"] == target["metric"]:
+    return None
+  return {"metric": best["metric"], "mode": best.get("mode", "min")}
+
+
+def _read(evaluation: dict[str, Any], metric: str | None) -> float | None:
+  """`metric` of a member's final evaluation, or None if it has none."""
+  if not metric or not evaluation:
+    return None
+  try:
+    return runs.read_metric(evaluation, metric)
+  except ConfigError:
+    return None
+
+
 def _entry(
-    spec: population.Member, group: int, run_dir: str, target: dict[str, Any]
+    spec: population.Member,
+    group: int,
+    run_dir: str,
+    target: dict[str, Any],
+    tiebreak: dict[str, Any] | None,
 ) -> dict[str, Any]:
   """One member's line of sweep.json (everything read from its run directory)."""
   evaluation = {}
@@ -330,12 +356,7 @@ def _entry(
   records = writers.read_metrics(run_dir) if os.path.exists(f"{run_dir}/metrics.jsonl") else []
   training = [r for r in records if "d/loss" in r]
   verdict = report.verdict(report.load(run_dir))
-  value = None
-  if target["metric"] and evaluation:
-    try:
-      value = runs.read_metric(evaluation, target["metric"])
-    except ConfigError:
-      value = None
+  value = _read(evaluation, target["metric"])
   reached = value is not None and (
       "threshold" not in target
       or (value >= target["threshold"] if target["mode"] == "max" else value <= target["threshold"])
@@ -357,6 +378,7 @@ def _entry(
           ],
       },
       "target_value": value,
+      "tiebreak_value": _read(evaluation, tiebreak["metric"]) if tiebreak else None,
       "target_reached": bool(reached) if target["metric"] else None,
       "success": healthy and (bool(reached) if target["metric"] else True),
   }
@@ -367,6 +389,7 @@ def summarise(
 ) -> dict[str, Any]:
   """Ranks the members from their run directories; writes and returns W/sweep.json (+ plot)."""
   target = _target(config)
+  tiebreak = _tiebreak(config, target)
   groups: dict[tuple, int] = {}
   entries = [
       _entry(
@@ -374,14 +397,20 @@ def summarise(
           groups.setdefault(population.group_key(spec), len(groups)),
           member_dir(workdir, spec.index),
           target,
+          tiebreak,
       )
       for spec in specs
   ]
-  sign = -1.0 if target["mode"] == "max" else 1.0
 
-  def order(entry):  # successes first, then by the target metric, missing values last
-    value = entry["target_value"]
-    return (not entry["success"], value is None, sign * value if value is not None else 0.0)
+  def key(value: float | None, mode: str) -> tuple[bool, float]:  # best first, missing last
+    return value is None, (-value if mode == "max" else value) if value is not None else 0.0
+
+  def order(entry):  # successes first, then by the target metric, then by the tie-break
+    return (
+        not entry["success"],
+        *key(entry["target_value"], target["mode"]),
+        *key(entry["tiebreak_value"], tiebreak["mode"] if tiebreak else "max"),
+    )
 
   ranking = [e["member"] for e in sorted(entries, key=order)]
   for entry in entries:
@@ -389,6 +418,7 @@ def summarise(
   successes = sum(e["success"] for e in entries)
   summary = {
       "target": target,
+      "tiebreak": tiebreak,
       "success_rate": successes / len(entries),
       "successes": successes,
       "num_members": len(entries),
@@ -421,16 +451,25 @@ def plot(summary: dict[str, Any], path: str) -> str:
       "tab:green" if e["success"] else "tab:red" if e["health"]["verdict"] == "unhealthy" else "0.6"
       for e in ranked
   ]
+  tiebreak = summary.get("tiebreak")
   fig = Figure(figsize=(7, 0.35 * len(ranked) + 1.4), dpi=100)
   ax = fig.subplots()
-  ax.barh(range(len(ranked)), np.nan_to_num(values), color=colours)
+  bars = np.nan_to_num(values)
+  ax.barh(range(len(ranked)), bars, color=colours)
   ax.set_yticks(range(len(ranked)), [_label(e) for e in ranked], fontsize=8)
+  for y, (entry, width) in enumerate(zip(ranked, bars, strict=True)):
+    text = "none" if entry["target_value"] is None else f"{entry['target_value']:.4g}"
+    if tiebreak and entry["tiebreak_value"] is not None:
+      text += f", {tiebreak['metric'].split('/')[-1]} {entry['tiebreak_value']:.4g}"
+    ax.text(width, y, f" {text}", va="center", fontsize=7)
+  ax.set_xlim(0, 1.4 * max([*bars, target.get("threshold", 0), 1e-12]))
   if "threshold" in target:
     ax.axvline(target["threshold"], color="k", linestyle="--", linewidth=1)
   ax.set_xlabel(target["metric"] or "no target metric")
+  ties = f"\nties ranked by {tiebreak['metric']} ({tiebreak['mode']})" if tiebreak else ""
   ax.set_title(
       f"success rate {summary['successes']}/{summary['num_members']} "
-      "(green: healthy and on target; grey: missed the target; red: unhealthy)",
+      f"(green: healthy and on target; grey: missed the target; red: unhealthy){ties}",
       fontsize=9,
   )
   fig.savefig(path, bbox_inches="tight")

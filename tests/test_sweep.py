@@ -214,3 +214,23 @@ def test_health_acts_per_member(tmp_path):
   assert actions == ["rollback", "stop"]
   assert json.loads((tmp_path / "member_1" / "health.json").read_text())["lr_scale"] == 0.5
   assert summary["ranking"][0] == 0
+
+
+def test_members_tied_on_the_target_are_ranked_by_the_best_checkpoint_metric(tmp_path):
+  # Every ring8 member finds all 8 modes: the ranking then follows the high-quality fraction
+  # (config.best_checkpoint's metric), and sweep.png labels each bar with both values.
+  config = _config(seed=(0, 1, 2), target={"metric": "toy2d/modes", "mode": "max", "threshold": 8})
+  specs = population.expand(config)
+  for spec, (modes, quality) in zip(specs, [(8, 0.95), (8, 0.98), (7, 0.99)], strict=True):
+    run_dir = tmp_path / f"member_{spec.index}"
+    run_dir.mkdir()
+    evaluation = {"step": 6, "toy2d": {"modes": modes, "high_quality_fraction": quality}}
+    (run_dir / "eval.json").write_text(json.dumps(evaluation))
+  summary = sweep.summarise(config, str(tmp_path), specs)
+  assert summary["tiebreak"] == {"metric": "toy2d/high_quality_fraction", "mode": "max"}
+  assert summary["ranking"] == [1, 0, 2] and summary["successes"] == 2
+  assert [e["tiebreak_value"] for e in summary["members"]] == [0.95, 0.98, 0.99]
+  assert (tmp_path / "sweep.png").exists()
+
+  config.best_checkpoint.metric = "toy2d/modes"  # no other metric to break ties: member order
+  assert sweep.summarise(config, str(tmp_path), specs)["ranking"] == [0, 1, 2]
