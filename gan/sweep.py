@@ -4,7 +4,8 @@ Trains the K members of `config.sweep` together (`gan.population`: one
 compiled program per group of members, the train step vmapped over them and
 pmapped over the devices as in `gan.train`), each member a complete run in
 `W/member_k/`, then ranks them in `W/sweep.json` and `W/sweep.png`. Flags as
-`gan.main`'s (`--config.sweep.seed="(0,1)"` etc. override the config).
+`gan.main`'s: `--config.sweep.seed="(0,1)" --config.sweep.members=4` overrides
+the config (a grid's member count is checked against its size, so change both).
 
 The sweep section of the config:
 
