@@ -163,12 +163,25 @@ def evaluate(
 
 
 def write_samples(
-    workdir: str, num: int, out: str, which: str = "latest", raw: bool = False, seed: int = 0
+    workdir: str,
+    num: int,
+    out: str,
+    which: str = "latest",
+    raw: bool = False,
+    seed: int = 0,
+    label: int | None = None,
 ) -> dict[str, np.ndarray]:
-  """Writes `num` generator samples of checkpoint `which` to the .npz `out` (see gan.sample)."""
+  """Writes `num` generator samples of checkpoint `which` to the .npz `out` (see gan.sample).
+
+  A conditional generator's samples get their classes as `y` (sample i of class
+  i mod K, or all of class `label`).
+  """
   generator, _ = load_generator(workdir, which, use_ema=not raw)
-  outputs = generator.outputs(num, seed)
+  outputs = generator.outputs(num, seed, label=label)
   arrays = {"x": outputs.astype(np.float32) if outputs.ndim == 2 else writers.to_uint8(outputs)}
+  labels = generator.labels(num, label)
+  if labels is not None:
+    arrays["y"] = labels
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   np.savez_compressed(out, **arrays, step=generator.step, generator=generator.kind)
   return arrays

@@ -3,10 +3,10 @@
 Writes N samples of a run's generator (EMA by default) to an .npz, so anyone
 can score them with their own tools: array `x` holds uint8 images NHWC (the
 same quantisation as the PNG grids and the evaluators) or float32 points
-(N, 2) for the 2D mixtures; conditional models would add labels `y` (the
-models here are unconditional, so there is none). Latents come from
-PRNGKey(--seed), so the same command writes the same file.
-"""
+(N, 2) for the 2D mixtures. A class-conditional generator (cGAN, Triple-GAN)
+also writes `y`, the int32 class of each sample: sample i is of class i mod K,
+or every sample of class `--label`. Latents come from PRNGKey(--seed), so the
+same command writes the same file."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ _OUT = flags.DEFINE_string("out", None, "Output .npz file.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
 _RAW = flags.DEFINE_bool("raw", False, "Sample the raw generator instead of its EMA.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the latents.")
+_LABEL = flags.DEFINE_integer(
+    "label", None, "Conditional generators: sample only this class (default: all, in turn)."
+)
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -40,12 +43,19 @@ def main(argv: list[str]) -> None:
     from gan import runs  # noqa: PLC0415  (after flags, so --help stays fast)
 
     arrays = runs.write_samples(
-        _WORKDIR.value, _NUM.value, _OUT.value, _CHECKPOINT.value, _RAW.value, _SEED.value
+        _WORKDIR.value,
+        _NUM.value,
+        _OUT.value,
+        _CHECKPOINT.value,
+        _RAW.value,
+        _SEED.value,
+        _LABEL.value,
     )
   except (utils.ConfigError, FileNotFoundError) as e:
     utils.fail(str(e))
   x = arrays["x"]
-  print(f"wrote {_OUT.value}: x {x.dtype} {tuple(x.shape)}", file=sys.stderr)
+  y = f", y {arrays['y'].dtype} {tuple(arrays['y'].shape)}" if "y" in arrays else ""
+  print(f"wrote {_OUT.value}: x {x.dtype} {tuple(x.shape)}{y}", file=sys.stderr)
 
 
 if __name__ == "__main__":

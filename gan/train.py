@@ -153,11 +153,9 @@ class Run:
     path = os.path.join(self.workdir, "samples", f"step_{int(state.step):06d}.png")
     if outputs.ndim == 2:  # points (the 2D mixtures): a scatter plot over the real means
       return writers.save_points_plot(outputs, toy2d.get(self.config.dataset).means, path)
-    # A conditional G makes sample i of class i mod K (`gan.models.conditioning`; Triple-GAN's
-    # generators cycle their labels the same way): with K columns, each column is one class.
-    # The module's own attribute, since Triple-GAN's G calls K `label_classes` and the CIFAR-10
-    # one takes its default K from the class.
-    columns = getattr(self.G, "num_classes", 0) or getattr(self.G, "label_classes", 0) or None
+    # A conditional G makes sample i of class i mod K (`gan.models.generator_classes`): with K
+    # columns, each column is one class.
+    columns = models.generator_classes(self.G) or None
     return writers.save_image_grid(outputs, path, columns)
 
   def evaluate(self, state: state_lib.GANState, names: list[str]) -> dict[str, Any]:

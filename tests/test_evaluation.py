@@ -17,6 +17,7 @@ from gan import data, models, runs, train, writers
 from gan import state as state_lib
 from gan.checkpoint import Checkpointer
 from gan.evaluation import classifiers, evaluators, inception
+from gan.utils import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,56 @@ def test_sample_writes_points_and_images(toy_run, image_run, tmp_path):
   assert f"gan.evaluation.convert_inception pt_inception-2015-12-05-6726825d.pth {missing}" in (
       result.stderr
   )
+
+
+def test_sample_gives_a_conditional_generators_classes(image_run, tmp_path):
+  # A plain-GAN checkpoint with Triple-GAN's conditional MNIST generator (K = 10).
+  config = mnist.get_config("smoke")
+  config.model.generator = "improved_gan"
+  config.model.g = ml_collections.ConfigDict({"widths": (16,), "label_classes": 10})
+  G, D = models.build(config.model, axis_name=None)
+  workdir = str(tmp_path / "cond")
+  ckpt = Checkpointer(workdir, 1)
+  ckpt.save(state_lib.create(config, G, D, (28, 28, 1), 64), config)
+  ckpt.close()
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f)
+
+  every = runs.write_samples(workdir, 25, str(tmp_path / "all.npz"), seed=1)
+  np.testing.assert_array_equal(every["y"], np.arange(25) % 10)
+  threes = runs.write_samples(workdir, 25, str(tmp_path / "threes.npz"), seed=1, label=3)
+  np.testing.assert_array_equal(threes["y"], np.full(25, 3))
+  with np.load(tmp_path / "threes.npz") as saved:
+    np.testing.assert_array_equal(saved["y"], threes["y"])
+  # Same latents: samples 3, 13, 23 were class 3 either way; the others changed class.
+  np.testing.assert_array_equal(threes["x"][3::10], every["x"][3::10])
+  assert np.abs(threes["x"][4].astype(int) - every["x"][4].astype(int)).mean() > 1
+  # Batches of the generator do not restart the classes (500 is not a multiple of 7).
+  generator, _ = runs.load_generator(workdir)
+  generator.num_classes = 7
+  np.testing.assert_array_equal(generator.labels(1200)[495:505], np.arange(495, 505) % 7)
+  with pytest.raises(ConfigError, match="not a class"):
+    runs.write_samples(workdir, 5, str(tmp_path / "x.npz"), label=10)
+  # An unconditional generator has no labels, and refuses --label on the command line.
+  assert "y" not in runs.write_samples(image_run, 5, str(tmp_path / "u.npz"))
+  result = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "gan.sample",
+          "--workdir",
+          image_run,
+          "--out",
+          str(tmp_path / "u.npz"),
+          "--label",
+          "3",
+      ],
+      capture_output=True,
+      text=True,
+      check=False,
+  )
+  assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+  assert "unconditional" in result.stderr
 
 
 def test_optional_inception_evaluator_is_left_out_without_weights(

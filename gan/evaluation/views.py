@@ -14,6 +14,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from gan import models
+from gan.utils import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class Result:
@@ -22,7 +25,11 @@ class Result:
 
 
 class Generator:
-  """A generator ready to sample: EMA (default) or raw parameters, inference mode."""
+  """A generator ready to sample: EMA (default) or raw parameters, inference mode.
+
+  A class-conditional generator (`num_classes` K > 0) is given its labels
+  explicitly: sample i of a call is of class i mod K, or all of one `label`.
+  """
 
   def __init__(self, module: nn.Module, state: Any, z_dim: int, use_ema: bool = True):
     """`state` is a GANState or the raw dict a checkpoint restores to without a target."""
@@ -36,15 +43,38 @@ class Generator:
     if use_ema and batch_stats:
       # The EMA weights run with the raw generator's running batch-norm statistics.
       self.kind = "ema (batch-norm statistics of the raw generator)"
-    self._apply = jax.jit(lambda v, z: module.apply(v, z, train=False))
+    self.num_classes = models.generator_classes(module)
+    if self.num_classes:
+      self._apply = jax.jit(lambda v, z, y: module.apply(v, z, train=False, y=y))
+    else:
+      self._apply = jax.jit(lambda v, z, y: module.apply(v, z, train=False))
 
-  def outputs(self, num: int, seed: int, batch_size: int = 500) -> np.ndarray:
-    """`num` generator outputs (float32) for latents drawn from PRNGKey(seed)."""
+  def labels(self, num: int, label: int | None = None) -> np.ndarray | None:
+    """The classes of `num` samples (i mod K, or all `label`); None for an unconditional G."""
+    if not self.num_classes:
+      if label is not None:
+        raise ConfigError(f"label {label} given, but the generator is unconditional")
+      return None
+    if label is None:
+      return np.arange(num, dtype=np.int32) % self.num_classes
+    if not 0 <= label < self.num_classes:
+      raise ConfigError(
+          f"label {label} is not a class of this generator (0..{self.num_classes - 1})"
+      )
+    return np.full(num, label, np.int32)
+
+  def outputs(
+      self, num: int, seed: int, batch_size: int = 500, label: int | None = None
+  ) -> np.ndarray:
+    """`num` outputs (float32) for latents from PRNGKey(seed) and classes `labels(num, label)`."""
     key = jax.random.PRNGKey(seed)
+    padded = -(-num // batch_size) * batch_size
+    labels = self.labels(padded, label)
     out = []
     for start in range(0, num, batch_size):
       z = jax.random.normal(jax.random.fold_in(key, start), (batch_size, self.z_dim))
-      out.append(np.asarray(self._apply(self.variables, z)))
+      y = None if labels is None else labels[start : start + batch_size]
+      out.append(np.asarray(self._apply(self.variables, z, y)))
     return np.concatenate(out)[:num]
 
 

@@ -86,6 +86,15 @@ def build(model: ml_collections.ConfigDict, axis_name: str | None) -> tuple[nn.M
   return G(axis_name=axis_name, **dtype, **model.g), D(axis_name=axis_name, **dtype, **model.d)
 
 
+def generator_classes(G: nn.Module) -> int:
+  """K of a class-conditional generator (it takes labels y in 0..K-1), 0 for an unconditional one.
+
+  Conditional generators draw class i mod K for example i when called without
+  y. Triple-GAN's MNIST generator names K `label_classes`, the others `num_classes`.
+  """
+  return int(getattr(G, "num_classes", 0) or getattr(G, "label_classes", 0) or 0)
+
+
 def build_classifier(model: ml_collections.ConfigDict, axis_name: str | None) -> nn.Module | None:
   """The classifier module of `config.model.classifier`, or None if the config names none."""
   if not model.get("classifier"):
