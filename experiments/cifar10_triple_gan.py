@@ -54,7 +54,9 @@ On this CPU (one core of a shared 2-core machine): `cpu` is what fits in
 (C 32-64-128-64-32), batch 50, 1,500 steps (1.5 epochs; measured 0.66
 steps/s on the shared core, ~40 minutes), the ramps counting 250-step
 "epochs" (consistency weight 0 for 250 steps, then ramped up to 100 by step
-750), R_P from step 750, no annealing. `smoke` runs in seconds (tests).
+750), R_P from step 750, no annealing. Measured: 76.9% test error after
+1,500 steps (40 min), with D at chance throughout; see the README for what the
+run shows. `smoke` runs in seconds (tests).
 
   taskset -c 0 python -m gan.main --config experiments/cifar10_triple_gan.py:cpu \\
       --workdir runs/cifar10_triple_gan_cpu
