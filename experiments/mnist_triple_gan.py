@@ -22,7 +22,7 @@ verdict on C's argmax label by its probability), and no pre-training of C
 (the code pre-trains it for 30 epochs with 100 labels).
 
 Train (CPU-sized: the first 10 epochs, R_P from epoch 5; 75 min on one core of the
-2-core CPU; 3.99% and 4.05% test error for seeds 0 and 1, see the README):
+2-core CPU; 3.97% +- 0.09 test error over seeds 0-2, see the README):
 
   python -m gan.main --config experiments/mnist_triple_gan.py --workdir runs/triple_gan
 
