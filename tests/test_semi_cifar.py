@@ -187,6 +187,14 @@ def test_shared_trunk_step_trains_the_trunk_on_both_losses_under_pmap(monkeypatc
   trunk_mu = lambda s: jax.tree.leaves(s.c.opt_state[0][0].mu["trunk"])  # noqa: E731
   assert all(not np.allclose(a, b) for a, b in zip(trunk_mu(first), trunk_mu(c_only), strict=True))
   assert all(np.any(m != 0) for m in trunk_mu(c_only))
+  # semi.trunk_d_weight scales L_D's part of the trunk's gradient: at 1/2 the trunk's
+  # first moment lies halfway between the two runs' (and D's head is unchanged by it).
+  monkeypatch.setattr(triple_gan, "discriminator_loss", discriminator_loss)
+  config.semi.trunk_d_weight = 0.5
+  _, (half,), _ = _three_players(config, num_devices=2, num_steps=1)
+  for a, b, m in zip(trunk_mu(first), trunk_mu(c_only), trunk_mu(half), strict=True):
+    np.testing.assert_allclose(m, (a + b) / 2, rtol=1e-4, atol=1e-9)
+  chex.assert_trees_all_close(first.d.params, half.d.params, rtol=1e-6, atol=1e-7)
 
 
 def test_shared_trunk_needs_matching_trunks():

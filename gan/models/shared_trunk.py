@@ -75,10 +75,12 @@ class SharedTrunkDiscriminator(nn.Module):
   ac_head: bool = False
   spectral_norm: bool = False
   axis_name: str | None = None
+  pool: str = "sum"  # "sum" (SNGAN's) or "mean": 1/64 of the logit's scale at 8x8
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, y: jax.Array | None = None) -> jax.Array:
     x = Trunk(self.width, name=TRUNK)(x, train)
-    features = jnp.sum(nn.relu(_block(self.width, name="block5")(x, train)), axis=(1, 2))
+    reduce = {"sum": jnp.sum, "mean": jnp.mean}[self.pool]
+    features = reduce(nn.relu(_block(self.width, name="block5")(x, train)), axis=(1, 2))
     init = nn.initializers.xavier_uniform()
     return discriminator_head(self, features, y, train=train, use_bias=True, kernel_init=init)

@@ -61,6 +61,8 @@ def defaults() -> ml_collections.ConfigDict:
           "zca": False,
           "zca_images": 0,
           "shared_trunk": False,
+          # With shared_trunk: the weight of L_D's gradient on the trunk (C's loss has 1).
+          "trunk_d_weight": 1.0,
       }
   )
 

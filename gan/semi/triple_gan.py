@@ -152,6 +152,7 @@ class StepConfig(step_lib.CommonStepConfig):
   steps_per_epoch: int = 1
   classifier_augment: tuple[str, ...] = ()
   shared_trunk: bool = False
+  trunk_d_weight: float = 1.0
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
@@ -170,6 +171,7 @@ class StepConfig(step_lib.CommonStepConfig):
         steps_per_epoch=config.semi.get("steps_per_epoch", 1),
         classifier_augment=augment.parse_policy(config.semi.get("classifier_augment", "")),
         shared_trunk=config.semi.get("shared_trunk", False),
+        trunk_d_weight=config.semi.get("trunk_d_weight", 1.0),
     )
 
 
@@ -272,7 +274,7 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
     (c_loss, c_aux), c_grads = jax.value_and_grad(c_loss_fn, has_aux=True)(c.params)
     c_batch_stats, sup, adv, pseudo, ent, bal, pi, logits_l, logits_u = c_aux
     if cfg.shared_trunk:
-      c_grads = jax.tree.map(jnp.add, c_grads, trunk_grads)
+      c_grads = jax.tree.map(lambda a, b: a + cfg.trunk_d_weight * b, c_grads, trunk_grads)
     c_grads = lax.pmean(c_grads, step_lib.AXIS)
     c = c.apply_gradients(grads=c_grads, batch_stats=c_batch_stats)
 
