@@ -6,9 +6,17 @@ target here is to beat it. The networks (`gan.models.shared_trunk`): a
 five-block ResNet (SNGAN's discriminator blocks, width 128, no normalisation)
 whose first four blocks are shared; C's head is the fifth block, global mean
 pooling, dropout 0.5 and a 10-way linear layer, D's head its own fifth block,
-global sum pooling and a real/fake logit for the image-label pair (a
+global mean pooling and a real/fake logit for the image-label pair (a
 projection head: D judges pairs, as Triple-GAN's D(x, y) must). G is the
 Triple-GAN CIFAR-10 generator (`gan.models.cifar_semi`).
+
+D pools by the mean, not by SNGAN's sum: without spectral norm a sum over the
+8x8 positions made D's logits (initial loss 5-13) and its gradient on the
+shared trunk so large that C's gradient drowned in Adam's normalisation. The
+first `:cpu` run kept C at chance (supervised loss 2.24-2.30 for 250 steps);
+even at 0.1x D's gradient on the trunk (`semi.trunk_d_weight`) C had not moved
+by step 100. With mean pooling C learns under the full gradient (loss 2.20 at
+step 100, against 2.14 with no D gradient on the trunk at all).
 
 How the shared parameters are trained (`config.semi.shared_trunk`,
 `gan.semi.triple_gan`): the trunk lives in C's state, D's state holds its
@@ -38,7 +46,7 @@ Train (the full run; for a GPU, `pip install -e .[cuda12]`):
   python -m gan.main --config experiments/cifar10_shared_trunk.py --workdir runs/shared_trunk
 
 On this CPU: `cpu` is a background run of 2-3 hours on one core, NOT the
-full recipe: width 32, 2,000 steps (4 epochs; measured 0.19-0.27 steps/s on
+full recipe: width 32, C's learning rate 1e-3, 2,000 steps (4 epochs; measured 0.19-0.27 steps/s on
 the shared core), the ramps counting 100-step "epochs" (consistency weight 0
 for 100 steps, ramped up to 10 by step 500), R_P from step 1,000, no
 annealing. `smoke` runs in a few seconds (tests):

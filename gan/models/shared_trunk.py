@@ -5,7 +5,7 @@ Both networks are the same five-block ResNet of SNGAN's discriminator blocks
 
   trunk (shared):  DBlock(down, first) 32 -> 16 -> DBlock(down) 16 -> 8 -> DBlock -> DBlock
   C's head:        DBlock -> ReLU -> global mean pool -> dropout -> dense K
-  D's head:        DBlock -> ReLU -> global sum pool -> dense 1 + <embed(y), features>
+  D's head:        DBlock -> ReLU -> global pool (`pool`: sum or mean) -> dense 1 + <embed(y), x>
 
 D judges image-label pairs with a projection head (Miyato & Koyama 2018), as
 Triple-GAN's D(x, y) must; without a label (the health monitor's probe) the
