@@ -204,6 +204,13 @@ def test_shared_trunk_needs_matching_trunks():
     _three_players(config, num_devices=1, num_steps=0)
 
 
+def test_shared_trunk_rejects_an_unknown_pooling():
+  config = _shared_trunk_config()
+  config.model.d.pool = "max"
+  with pytest.raises(ConfigError, match="model.d.pool"):
+    _three_players(config, num_devices=1, num_steps=0)
+
+
 @pytest.fixture(scope="module")
 def cifar10_splits():
   """1,024 real training images and 200 test images, read in one TFDS load."""

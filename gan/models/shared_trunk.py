@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from gan.models.conditioning import discriminator_head
 from gan.models.dropout import Dropout
 from gan.models.sngan import DBlock
+from gan.utils import ConfigError
 
 TRUNK = "trunk"  # the shared subtree's name in both networks' parameters
 
@@ -79,8 +80,10 @@ class SharedTrunkDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, y: jax.Array | None = None) -> jax.Array:
+    if self.pool not in ("sum", "mean"):
+      raise ConfigError(f"model.d.pool must be 'sum' or 'mean', not {self.pool!r}")
+    reduce = jnp.sum if self.pool == "sum" else jnp.mean
     x = Trunk(self.width, name=TRUNK)(x, train)
-    reduce = {"sum": jnp.sum, "mean": jnp.mean}[self.pool]
     features = reduce(nn.relu(_block(self.width, name="block5")(x, train)), axis=(1, 2))
     init = nn.initializers.xavier_uniform()
     return discriminator_head(self, features, y, train=train, use_bias=True, kernel_init=init)
