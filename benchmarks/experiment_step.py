@@ -52,7 +52,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: str) -> None:
-  """Sets each `a.b.c=value` of a comma-separated list (values parsed as Python literals)."""
+  """Sets each existing `a.b.c=value` of a comma-separated list (values: Python literals)."""
   for item in filter(None, (part.strip() for part in overrides.split(","))):
     key, _, text = item.partition("=")
     try:
@@ -63,6 +63,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: str) -> None:
     node = config
     for parent in parents:
       node = node[parent]
+    if leaf not in node:  # as gan.main's --config.KEY: a misspelt key must not be added
+      raise SystemExit(f"experiment_step.py: the config has no key {key!r}")
     node[leaf] = value
 
 
