@@ -73,7 +73,9 @@ class GANState:
 def make_optimizer(
     optim: ml_collections.ConfigDict, num_steps: int
 ) -> optax.GradientTransformation:
-  """Adam for one player. `optim.decay="linear"` decays the rate to 0 over `num_steps`;
+  """Adam for one player. `optim.decay="linear"` decays the rate to 0 over `num_steps`,
+  holding it until `optim.decay_start` (default 0) if set (Improved-GAN's CIFAR-10
+  code: constant for 800 epochs, then linearly to 0 over the last 400);
   "exponential" multiplies it by `optim.decay_rate` every `optim.decay_every`
   steps from step `optim.decay_start` on (Triple-GAN's per-epoch annealing).
 
@@ -93,7 +95,10 @@ def make_optimizer(
   learning_rate: float | optax.Schedule = optim.lr
   decay = optim.get("decay", "none")
   if decay == "linear":
-    learning_rate = optax.linear_schedule(optim.lr, 0.0, num_steps)
+    start = optim.get("decay_start", 0)
+    if not 0 <= start < num_steps:
+      raise ConfigError(f"optim.decay_start={start} must lie in [0, num_steps={num_steps})")
+    learning_rate = optax.linear_schedule(optim.lr, 0.0, num_steps - start, transition_begin=start)
   elif decay == "exponential":  # x decay_rate every decay_every steps from decay_start on
     learning_rate = optax.exponential_decay(
         optim.lr,

@@ -10,6 +10,7 @@ from gan import models
 from gan import state as state_lib
 from gan import step as step_lib
 from gan.train import replicate, unreplicate
+from gan.utils import ConfigError
 
 
 def _setup(config, n: int = 64):
@@ -193,6 +194,29 @@ def test_exponential_decay_starts_late_and_steps_per_epoch():
   np.testing.assert_allclose(sizes[105], 1.0, rtol=1e-3)  # within the first 10 after the start
   np.testing.assert_allclose(sizes[112], 0.5, rtol=1e-3)
   np.testing.assert_allclose(sizes[124], 0.25, rtol=1e-3)
+
+
+def test_linear_decay_holds_until_its_start_then_falls_to_zero():
+  import ml_collections
+
+  from gan import state as state_lib
+
+  optim = ml_collections.ConfigDict(
+      {"lr": 1.0, "b1": 0.5, "b2": 0.999, "decay": "linear", "decay_start": 100}
+  )
+  tx = state_lib.make_optimizer(optim, num_steps=200)
+  params = {"w": jax.numpy.zeros(())}
+  opt_state = tx.init(params)
+  sizes = []
+  for _ in range(200):  # Adam's step on a constant gradient is -lr exactly
+    updates, opt_state = tx.update({"w": jax.numpy.ones(())}, opt_state, params)
+    sizes.append(-float(updates["w"]))
+  np.testing.assert_allclose(sizes[:101], 1.0, rtol=1e-3)  # held through step 100
+  np.testing.assert_allclose(sizes[150], 0.5, rtol=1e-3)  # halfway down
+  np.testing.assert_allclose(sizes[199], 0.01, rtol=1e-3)  # 1/100 of the way from 0
+  optim.decay_start = 200
+  with pytest.raises(ConfigError, match="decay_start"):
+    state_lib.make_optimizer(optim, num_steps=200)
 
 
 def test_separate_learning_rates_decay_linearly_over_each_players_updates(smoke_config):
