@@ -61,7 +61,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   )
   config.loss = "non_saturating"  # unused: the method defines its losses
   # The paper's code adds Adam's epsilon under the square root (eps_root 1e-8, eps 0).
-  adam = {"lr": 3e-3, "b1": 0.5, "b2": 0.999, "eps": 0.0, "eps_root": 1e-8, "decay": "none"}
+  adam = {"lr": 3e-3, "b1": 0.5, "b2": 0.999, "eps": 0.0, "eps_root": 1e-8}
+  adam |= {"decay": "none", "decay_start": 0}  # decay="linear" holds the rate to decay_start
   config.optim.g = ml_collections.ConfigDict(adam)
   config.optim.d = ml_collections.ConfigDict(adam)
   config.ema_decay = 0.999
