@@ -69,6 +69,13 @@ def test_gaussian_noise_is_standard_normal_and_off_in_inference():
   np.testing.assert_array_equal(noise.apply({}, x, train=False), x)
   z = np.asarray(dropout.normal(jnp.uint32(3), (500, 200)))
   assert abs(np.mean(z**4) - 3.0) < 0.1  # Gaussian kurtosis
+  # The extreme hash values give finite, symmetric draws in the tails.
+  extremes = np.asarray(
+      dropout.bits_to_normal(jnp.array([0, 511, 2**32 - 512, 2**32 - 1], jnp.uint32))
+  )
+  assert np.all(np.isfinite(extremes))
+  np.testing.assert_allclose(extremes, [-5.3, -5.3, 5.3, 5.3], atol=0.1)
+  np.testing.assert_allclose(extremes[:2], -extremes[2:][::-1], rtol=1e-6)
 
 
 def test_improved_gan_losses_against_hand_computed_values():
