@@ -157,6 +157,10 @@ def test_signal_functions():
   w = np.diag([3.0, 2.0, 1.0])
   sigmas = health.top_singular_values({"conv": {"kernel": w.reshape(1, 1, 3, 3)}, "b": np.ones(3)})
   assert sigmas == {"conv/kernel": pytest.approx(3.0)}
+  for shape in [(40, 7), (7, 40), (3, 3, 4, 6)]:  # wide, tall and conv kernels: the SVD's value
+    w = np.random.default_rng(0).normal(size=shape)
+    expected = np.linalg.norm(w.reshape(-1, shape[-1]), 2)
+    assert health.top_singular_values({"kernel": w}) == {"kernel": pytest.approx(expected)}
   real = jax.random.normal(jax.random.PRNGKey(0), (32, 8))
   other = jax.random.normal(jax.random.PRNGKey(1), (32, 8))
   assert 0.8 < float(health.diversity_ratio(real, other)) < 1.25
