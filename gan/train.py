@@ -9,6 +9,7 @@ host between those cadences: metrics come back only at log steps.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -114,6 +115,12 @@ class Run:
     if resume >= 0:
       self.state = self.checkpointer.restore(self.state, step=resume)
       print(f"{_prefix()}Resuming from step {int(self.state.step)} in {self.workdir}", flush=True)
+    elif pretrain := getattr(self.method, "pretrain", None):  # a new run: C alone first, if set
+      log = functools.partial(print, flush=True) if self.primary else lambda _: None
+      self.state, summary = pretrain(config, self.C, self.state, arrays, log)
+      if summary and self.primary:
+        with open(os.path.join(self.workdir, "pretrain.json"), "w") as f:
+          json.dump(summary, f, indent=2)
     self.data = replicate(arrays, self.devices) if shared is None else shared.data
     # The health monitor's probe: a fixed real batch and fixed latents, scored at log steps.
     probe = min(64, config.batch_size)

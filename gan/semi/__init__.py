@@ -8,7 +8,8 @@
 A method module provides `StepConfig.from_config(config)`,
 `make_train_step(cfg, G, D, C)`, `create_state(config, G, D, C, images,
 num_labelled)` and `classifier(D, C, state)` (C is None without a third
-player). The training loop adds the labelled subset to the data on the
+player), and may provide `pretrain(config, C, state, arrays, log)`, which the
+training loop runs once on a new run's state before its first step. The training loop adds the labelled subset to the data on the
 devices (`labelled_data`) and measures the classifier on the test split with
 the "test_error" evaluator. Settings live in `config.semi` (`defaults()`).
 """
@@ -63,6 +64,16 @@ def defaults() -> ml_collections.ConfigDict:
           "shared_trunk": False,
           # With shared_trunk: the weight of L_D's gradient on the trunk (C's loss has 1).
           "trunk_d_weight": 1.0,
+          # Triple-GAN: C trained alone for `steps` steps before the game
+          # (`gan.semi.triple_gan.pretrain`; 0: off), as the paper's MNIST code does.
+          "pretrain": {
+              "steps": 0,
+              "unlabelled_batch": 500,
+              "lr": 3e-4,
+              "b1": 0.9,
+              "entropy_weight": 0.3,
+              "balance_weight": 0.3,
+          },
       }
   )
 
