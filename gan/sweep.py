@@ -352,7 +352,7 @@ def _entry(
       for name, result in evaluation.items()
       if isinstance(result, dict)
       for key, value in result.items()
-      if key != "protocol"
+      if key not in ("protocol", "details")
   }
   records = writers.read_metrics(run_dir) if os.path.exists(f"{run_dir}/metrics.jsonl") else []
   training = [r for r in records if "d/loss" in r]

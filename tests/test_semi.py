@@ -237,6 +237,20 @@ def test_triple_gan_pretraining_trains_the_classifier_alone():
   assert off is state and nothing == {}
 
 
+def test_confusions_count_errors_per_class_and_rank_the_pairs():
+  from gan.evaluation import test_error  # noqa: PLC0415
+
+  labels_ = np.array([7, 7, 7, 7, 2, 2, 1, 1, 0])
+  predicted = np.array([2, 2, 2, 7, 2, 7, 1, 0, 0])
+  found = test_error.confusions(labels_, predicted, top=2)
+  assert found["errors_per_class"] == [0, 1, 1, 0, 0, 0, 0, 3]
+  assert found["top_confusions"] == [
+      {"true": 7, "predicted": 2, "count": 3},
+      {"true": 1, "predicted": 0, "count": 1},
+  ]
+  assert test_error.confusions(labels_, labels_)["top_confusions"] == []
+
+
 def test_unknown_method_is_a_config_error():
   config = mnist_improved_gan.get_config("smoke")
   config.method = "quadruple_gan"
@@ -255,6 +269,12 @@ def test_improved_gan_run_reports_test_error_and_resumes(tmp_path):
   scores = result["classifier"]
   assert result["step"] == 10 and result["test_error"] == scores["test_error"]
   assert scores["test_errors"] == round(scores["test_error"] * scores["protocol"]["num_examples"])
+  details = scores["details"]  # where the errors are: per true class, most frequent confusions
+  assert len(details["errors_per_class"]) == 10
+  assert sum(details["errors_per_class"]) == scores["test_errors"]
+  counts = [pair["count"] for pair in details["top_confusions"]]
+  assert counts == sorted(counts, reverse=True) and 0 < len(counts) <= 5
+  assert all(pair["true"] != pair["predicted"] for pair in details["top_confusions"])
   expected = {"seed": 0, "per_class": 2, "num_labelled": 20, "file": "labelled.json"}
   assert result["labels"] == expected
   assert result["classifier"]["protocol"]["num_examples"] > 0

@@ -393,5 +393,8 @@ def flatten(results: Mapping[str, Result]) -> dict[str, float]:
 
 
 def as_json(results: Mapping[str, Result]) -> dict[str, Any]:
-  """{eval name: {metric: value, ..., "protocol": {...}}}, the layout of eval.json."""
-  return {name: {**r.metrics, "protocol": r.protocol} for name, r in results.items()}
+  """{eval name: {metric: value, ..., "protocol": {...}[, "details": {...}]}}: eval.json."""
+  return {
+      name: {**r.metrics, "protocol": r.protocol} | ({"details": r.details} if r.details else {})
+      for name, r in results.items()
+  }

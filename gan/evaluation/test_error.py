@@ -5,8 +5,11 @@ evaluators.settings("test_error", every=500)`); it looks at the run's
 classifier (EMA parameters, inference mode: no noise, no dropout) instead of
 its generator. The split (default "test") is never used for training or for
 choosing the labelled subset; the metrics are `test_error` and
-`test_accuracy` (fractions) and the protocol stamp names the split, its size
-and the classifier's parameters.
+`test_accuracy` (fractions) and `test_errors` (a count), the protocol stamp
+names the split, its size and the classifier's parameters, and the details
+give the errors per true class and the most frequent confusions (true class,
+predicted class, count): a run whose error stalls often owes most of it to
+one confusion (a style of digit its few labels do not show).
 """
 
 from __future__ import annotations
@@ -46,4 +49,20 @@ class TestErrorEvaluator:
         "classifier": classifier.kind,
         "step": classifier.step,
     }
-    return Result(values, protocol)
+    return Result(values, protocol, confusions(self.labels, predicted))
+
+
+def confusions(labels: np.ndarray, predicted: np.ndarray, top: int = 5) -> dict[str, list]:
+  """Errors per true class and the `top` most frequent (true, predicted) confusions."""
+  num_classes = int(max(labels.max(), predicted.max())) + 1
+  matrix = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(matrix, (labels, predicted), 1)
+  per_class = matrix.sum(axis=1) - np.diag(matrix)
+  np.fill_diagonal(matrix, 0)
+  order = np.argsort(-matrix, axis=None, kind="stable")[:top]
+  pairs = [
+      {"true": int(t), "predicted": int(p), "count": int(matrix[t, p])}
+      for t, p in zip(*np.unravel_index(order, matrix.shape), strict=True)
+      if matrix[t, p]
+  ]
+  return {"errors_per_class": per_class.tolist(), "top_confusions": pairs}

@@ -1,7 +1,9 @@
 """What evaluators look at: a run's generator or its classifier, in inference mode.
 
-`Result` is what every evaluator returns: flat scalar metrics and the
-protocol stamp that says how they were measured.
+`Result` is what every evaluator returns: flat scalar metrics, the
+protocol stamp that says how they were measured and, optionally, details
+(non-scalar findings such as a classifier's confusions) that go to
+evals.jsonl and eval.json beside the metrics but not to the scalar logs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gan.utils import ConfigError
 class Result:
   metrics: dict[str, float]
   protocol: dict[str, Any]
+  details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Generator:
