@@ -78,7 +78,7 @@ class Setting:
     self.workdir = tempfile.mkdtemp(prefix="experiment_step_")
     self.run_ = train.Run(config, self.workdir)
     self.devices = len(self.run_.devices)
-    self.state = train.replicate(self.run_.state, self.run_.devices)
+    self.state = self.run_.put(self.run_.state)  # the loop's layout (config.parallel)
     start = time.perf_counter()
     self.state, metrics = self.run_.train_step(self.state, self.run_.data)
     jax.block_until_ready(metrics)

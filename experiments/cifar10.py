@@ -117,6 +117,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.sample_every = 1000
   config.checkpoint_every = 5000
   config.keep_checkpoints = 3
+  # How the step is mapped over the devices: "auto" (shard_map in one process, pmap across
+  # processes), "pmap" or "shard_map" (`gan.train`).
+  config.parallel = "auto"
   config.num_samples = 64  # fixed-noise grid, 8 x 8
 
   config.evals = ml_collections.ConfigDict()

@@ -69,6 +69,9 @@ def get_config(variant: str = "ring8") -> ml_collections.ConfigDict:
   config.sample_every = 5000
   config.checkpoint_every = 5000
   config.keep_checkpoints = 1
+  # How the step is mapped over the devices: "auto" (shard_map in one process, pmap across
+  # processes), "pmap" or "shard_map" (`gan.train`).
+  config.parallel = "auto"
   config.num_samples = 2500  # points in the scatter plots
 
   config.evals = ml_collections.ConfigDict()

@@ -5,7 +5,8 @@
 the named axis "data". It is wrapped once, outside the loop, either by
 `pmap_step` (one program per local device, state replicated and donated) or by
 `shard_map_step` (the same function under `jax.shard_map` over a mesh, with
-unreplicated state); both give the same numbers.
+unreplicated state, also donated); both give the same numbers. The loop picks
+one with `config.parallel` (`gan.train`).
 
 Results do not depend on the number of devices: gradients and metrics are
 averaged with `lax.pmean`, batch-norm statistics are averaged over the axis,

@@ -249,7 +249,9 @@ def train_population(config: ml_collections.ConfigDict, workdir: str) -> list[st
   member_runs: list[train.Run] = []
   for spec in specs:
     shared = member_runs[0] if member_runs else None  # the data and evaluators are loaded once
-    member_runs.append(train.Run(spec.config, member_dir(workdir, spec.index), shared=shared))
+    directory = member_dir(workdir, spec.index)
+    # The population's step is pmapped (over the devices, members vmapped): pmap's layout.
+    member_runs.append(train.Run(spec.config, directory, shared=shared, parallel="pmap"))
     train.write_config(spec.config, member_runs[-1].workdir)
   start = min(int(run.state.step) for run in member_runs)
   bar = tqdm(

@@ -123,16 +123,25 @@ def one_compiled_step(monkeypatch):
   step's whole static configuration and both modules, so only runs of the same
   config share.
   """
-  make, pmap, compiled = step_lib.make_train_step, step_lib.pmap_step, {}
+  make, steps, wrapped = step_lib.make_train_step, {}, {}
 
   def make_once(cfg, G, D):
     key = (repr(cfg), G, D)
-    if key not in compiled:
-      compiled[key] = pmap(make(cfg, G, D))
-    return compiled[key]
+    if key not in steps:
+      steps[key] = make(cfg, G, D)
+    return steps[key]
+
+  def once(wrap):  # the loop's wrapper (pmap or shard_map), applied once per step function
+    def wrap_once(fn, *args, **kwargs):
+      if (wrap, fn) not in wrapped:
+        wrapped[wrap, fn] = wrap(fn, *args, **kwargs)
+      return wrapped[wrap, fn]
+
+    return wrap_once
 
   monkeypatch.setattr(step_lib, "make_train_step", make_once)
-  monkeypatch.setattr(step_lib, "pmap_step", lambda fn, devices=None: fn)
+  monkeypatch.setattr(step_lib, "pmap_step", once(step_lib.pmap_step))
+  monkeypatch.setattr(step_lib, "shard_map_step", once(step_lib.shard_map_step))
 
 
 @needs_cifar10
