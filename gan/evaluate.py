@@ -5,7 +5,7 @@ whose config declares none, the default evaluators of its dataset; with
 --inception also FID, KID, IS and precision/recall on FID-Inception features)
 and writes
 `W/eval.json`: {"step", "checkpoint", <eval name>: {<metric>: value,
-"protocol": {...}}}. Errors are one line on stderr with exit status 2.
+"protocol": {...}[, "details": {...}]}}. Errors are one line on stderr with exit status 2.
 """
 
 from __future__ import annotations

@@ -112,6 +112,9 @@ def write_eval_json(
 ) -> str:
   """eval.json: {"step", "checkpoint", <eval name>: {<metric>: value, "protocol": {...}}}.
 
+  An evaluator with details (the test error's confusions) adds "details": {...} beside
+  its "protocol".
+
   `extra` adds top-level entries (semi-supervised runs: "test_error" and "labels").
   """
   path = os.path.join(workdir, "eval.json")

@@ -10,6 +10,7 @@ Layout of a workdir:
   samples/step_XXXXXX.png  fixed-noise grid from the EMA generator (2D data: scatter plot;
                          class-conditional G: one column per class)
   evals.jsonl            one record per evaluation: metrics with their protocol stamps
+                         (and details, e.g. the test error's confusions)
   eval.json              the final (or `gan.evaluate`'s) evaluation
   checkpoints/           Orbax checkpoints (see gan.checkpoint)
 """

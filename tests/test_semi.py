@@ -242,13 +242,13 @@ def test_confusions_count_errors_per_class_and_rank_the_pairs():
 
   labels_ = np.array([7, 7, 7, 7, 2, 2, 1, 1, 0])
   predicted = np.array([2, 2, 2, 7, 2, 7, 1, 0, 0])
-  found = test_error.confusions(labels_, predicted, top=2)
-  assert found["errors_per_class"] == [0, 1, 1, 0, 0, 0, 0, 3]
+  found = test_error.confusions(labels_, predicted, num_classes=10, top=2)
+  assert found["errors_per_class"] == [0, 1, 1, 0, 0, 0, 0, 3, 0, 0]
   assert found["top_confusions"] == [
       {"true": 7, "predicted": 2, "count": 3},
       {"true": 1, "predicted": 0, "count": 1},
   ]
-  assert test_error.confusions(labels_, labels_)["top_confusions"] == []
+  assert test_error.confusions(labels_, labels_, 10)["top_confusions"] == []
 
 
 def test_unknown_method_is_a_config_error():

@@ -36,7 +36,8 @@ class TestErrorEvaluator:
     return self.cfg.every
 
   def run(self, classifier: Classifier) -> Result:
-    predicted = np.argmax(classifier.logits(self.images, self.cfg.batch_size), axis=1)
+    logits = classifier.logits(self.images, self.cfg.batch_size)
+    predicted = np.argmax(logits, axis=1)
     errors = int(np.count_nonzero(predicted != self.labels))
     values = {
         "test_error": errors / len(self.labels),
@@ -49,12 +50,13 @@ class TestErrorEvaluator:
         "classifier": classifier.kind,
         "step": classifier.step,
     }
-    return Result(values, protocol, confusions(self.labels, predicted))
+    return Result(values, protocol, confusions(self.labels, predicted, logits.shape[1]))
 
 
-def confusions(labels: np.ndarray, predicted: np.ndarray, top: int = 5) -> dict[str, list]:
-  """Errors per true class and the `top` most frequent (true, predicted) confusions."""
-  num_classes = int(max(labels.max(), predicted.max())) + 1
+def confusions(
+    labels: np.ndarray, predicted: np.ndarray, num_classes: int, top: int = 5
+) -> dict[str, list]:
+  """Errors per true class (of `num_classes`) and the `top` most frequent confusions."""
   matrix = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(matrix, (labels, predicted), 1)
   per_class = matrix.sum(axis=1) - np.diag(matrix)

@@ -406,9 +406,13 @@ def pretrain(
   `balance_weight` times the cross-entropy of the uniform distribution against
   their mean, with an Adam of its own (`lr`, `b1`) whose state is then
   discarded. The unlabelled images are walked in seeded epoch permutations
-  (their labels serve only the printed monitoring accuracy). C's EMA follows
-  the pre-training, so the game starts from the pre-trained C, its running
-  batch-norm statistics and its average; G and D are untouched.
+  (their labels serve only the printed monitoring accuracy); no augmentation.
+  The game starts from the pre-trained C and its running batch-norm
+  statistics; C's EMA follows the pre-training, and the game's EMA then starts
+  its warm-up from it (so within some tens of steps it tracks the game's C,
+  where the paper's code keeps one 0.01-rate average throughout). G and D are
+  untouched. The paper's code pre-trains only with at most 100 labels; here
+  `steps` decides.
 
   Runs on one device before the state is replicated, identically in every
   process. Returns the new state and a summary (steps, seconds, final losses).
