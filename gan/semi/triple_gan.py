@@ -69,7 +69,7 @@ from jax import lax
 
 from gan import augment, ramps
 from gan import step as step_lib
-from gan.evaluation import views
+from gan.evaluation import classifiers, views
 from gan.models import shared_trunk, whitening
 from gan.semi import common
 from gan.state import GANState, TrainState
@@ -433,9 +433,6 @@ def pretrain(
   carry = (c.params, c.batch_stats, tx.init(c.params), state.c_ema)
   key = jax.random.fold_in(state.rng, 0x9E7A)
 
-  def scaled(x: jax.Array) -> jax.Array:
-    return x.astype(jnp.float32) * (2.0 / 255.0) - 1.0
-
   @jax.jit
   def step(carry, x_l, y_l, x_u, y_u, t):
     params, batch_stats, opt_state, ema = carry
@@ -444,7 +441,9 @@ def pretrain(
     def apply(p, x, k):
       rngs = {"dropout": k, "noise": jax.random.fold_in(k, 1)}
       variables = {"params": p, "batch_stats": batch_stats} if batch_stats else {"params": p}
-      return C1.apply(variables, scaled(x), train=True, rngs=rngs, mutable=["batch_stats"])
+      return C1.apply(
+          variables, classifiers.to_float(x), train=True, rngs=rngs, mutable=["batch_stats"]
+      )
 
     def loss_fn(p):
       logits_l, _ = apply(p, x_l, jax.random.fold_in(k, 2))
