@@ -27,13 +27,10 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gan import platform  # noqa: E402
+from gan import platform
 
 platform.configure_xla()  # before JAX starts, as the training entry point does
 

@@ -30,14 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gan import platform  # noqa: E402
+from gan import platform
 
 platform.configure_xla()  # before JAX starts, as the training entry points do
 

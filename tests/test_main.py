@@ -10,14 +10,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "experiments", "mnist.py") + ":smoke"
 
 
-def _run(args, devices: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
+def _run(
+    args, devices: int = 1, timeout: int = 300, cwd: str = ROOT
+) -> subprocess.CompletedProcess:
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   return subprocess.run(
       [sys.executable, "-m", "gan.main", *args],
       capture_output=True,
       text=True,
       env=env,
-      cwd=ROOT,
+      cwd=cwd,
       timeout=timeout,
       check=False,
   )
@@ -44,6 +46,19 @@ def test_bad_config_is_one_line(tmp_path, override, fragments):
   _assert_one_line_error(
       _run(["--config", SMOKE, "--workdir", str(tmp_path), override]), *fragments
   )
+
+
+def test_config_by_full_path_from_another_directory(tmp_path, monkeypatch):
+  # An experiment file that imports its base (`from experiments import mnist`) loads
+  # from any directory: the installed package, not the repository as the working
+  # directory, provides `experiments`. The config error proves the file was loaded.
+  monkeypatch.delenv("PYTHONPATH", raising=False)
+  config = os.path.join(ROOT, "experiments", "mnist_improved_gan.py") + ":smoke"
+  result = _run(
+      ["--config", config, "--workdir", str(tmp_path / "run"), "--config.num_stpes=5"],
+      cwd=str(tmp_path),
+  )
+  _assert_one_line_error(result, "unknown config key", "num_stpes")
 
 
 def test_batch_not_divisible_by_device_count(tmp_path):
