@@ -318,6 +318,41 @@ def test_evaluate_cli_reproduces_the_runs_test_error(tmp_path):
   assert (tmp_path / "pretrain.json").stat().st_mtime_ns == written
 
 
+def test_a_rollback_before_the_first_checkpoint_keeps_the_pretrained_classifier(
+    tmp_path, monkeypatch
+):
+  from gan import health, train  # noqa: PLC0415  (loads data)
+
+  config = mnist_triple_gan.get_config("smoke")
+  config.num_steps, config.log_every, config.checkpoint_every = 4, 1, 100
+  config.semi.pretrain.update(steps=2, unlabelled_batch=50)
+  # Every loss counts as exploded: the first divergence (two log records) rolls back,
+  # to the step-0 checkpoint pre-training wrote; the second stops the run.
+  config.health.divergence.max_loss = 0.0
+  config.health.max_rollbacks = 1
+  seen = {}
+  pretrain, rollback = train.Run.pretrain, train.HealthMonitor.rollback
+
+  def spy_pretrain(run):
+    seen["initial"] = jax.device_get(run.state.c.params)
+    pretrain(run)
+    seen["pretrained"] = jax.device_get(run.state.c.params)
+
+  def spy_rollback(monitor, events):
+    state = rollback(monitor, events)
+    seen["rolled_back"] = (int(state.step), jax.device_get(state.c.params))
+    return state
+
+  monkeypatch.setattr(train.Run, "pretrain", spy_pretrain)
+  monkeypatch.setattr(train.HealthMonitor, "rollback", spy_rollback)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert [e["action"] for e in health.read_events(str(tmp_path))] == ["rollback", "stop"]
+  step, params = seen["rolled_back"]
+  assert step == 0
+  chex.assert_trees_all_equal(params, seen["pretrained"])  # not C as initialised
+  assert not np.allclose(jax.tree.leaves(params)[0], jax.tree.leaves(seen["initial"])[0])
+
+
 def test_seed_runner_reports_mean_and_std_over_label_subsets(tmp_path):
   from gan import seeds  # noqa: PLC0415
 
