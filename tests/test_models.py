@@ -79,3 +79,24 @@ def test_mlp_players_for_mnist_images():
   dropped = D.apply(d_vars, images, train=True, rngs={"dropout": jax.random.PRNGKey(8)})
   assert not np.allclose(dropped, logits)
   np.testing.assert_array_equal(D.apply(d_vars, images, train=False), logits)
+
+
+def test_networks_of_a_restored_config_hash_like_the_experiments():
+  # gan.evaluate and gan.sample build a run's networks from its config.json, whose
+  # lists stand where the experiment file had tuples; jit keys compiled inference by
+  # the (hashable) module, so both must build equal, hashable networks.
+  import importlib  # noqa: PLC0415
+  import json  # noqa: PLC0415
+  import pathlib  # noqa: PLC0415
+
+  import ml_collections  # noqa: PLC0415
+
+  names = sorted(p.stem for p in pathlib.Path("experiments").glob("*.py") if p.stem != "__init__")
+  assert len(names) >= 10
+  for name in names:
+    config = importlib.import_module(f"experiments.{name}").get_config()
+    restored = ml_collections.ConfigDict(json.loads(json.dumps(config.to_dict())))
+    built = [*models.build(config.model, None), models.build_classifier(config.model, None)]
+    again = [*models.build(restored.model, None), models.build_classifier(restored.model, None)]
+    for module, other in zip(built, again, strict=True):
+      assert module == other and hash(module) == hash(other), name

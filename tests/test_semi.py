@@ -198,6 +198,28 @@ def test_semi_supervised_step_is_the_same_on_several_devices(experiment, num_dev
   assert {"g/loss", "d/update_ratio", "health/finite"} <= set(m)
 
 
+@pytest.mark.parametrize("experiment", [mnist_improved_gan, mnist_triple_gan])
+def test_each_evaluation_reuses_the_compiled_views(experiment):
+  # The loop builds new views (and new networks, for a restored run) at every
+  # evaluation; equal networks must not compile their inference again.
+  from gan.evaluation import views  # noqa: PLC0415
+
+  config = experiment.get_config("smoke")
+  G, D, C, data, state = _setup(config)
+  x = data["image"][:8]
+  before = views._infer._cache_size()
+  found = runs.make_views(config, G, D, C, state)
+  first = found["classifier"].logits(x), found["generator"].outputs(8, seed=0)
+  moved = state.replace(c_ema=jax.tree.map(lambda p: p + 0.01, state.c_ema))
+  G2, D2 = models.build(config.model, axis_name=step_lib.AXIS)
+  C2 = models.build_classifier(config.model, axis_name=step_lib.AXIS)
+  again = runs.make_views(config, G2, D2, C2, moved)
+  second = again["classifier"].logits(x), again["generator"].outputs(8, seed=0)
+  assert views._infer._cache_size() - before <= 2  # one for G, one for the classifier
+  assert not np.allclose(first[0], second[0])  # the new view runs its own parameters
+  np.testing.assert_array_equal(first[1], second[1])
+
+
 def test_triple_gan_pretraining_trains_the_classifier_alone():
   config = mnist_triple_gan.get_config("smoke")
   config.semi.pretrain.update(steps=30, unlabelled_batch=50, lr=3e-2)

@@ -9,7 +9,8 @@ evals.jsonl and eval.json beside the metrics but not to the scalar logs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +19,19 @@ import numpy as np
 
 from gan import models
 from gan.utils import ConfigError
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _infer(module: nn.Module, variables: Any, x: jax.Array, y: jax.Array | None = None):
+  """`module` in inference mode, with class labels `y` if given.
+
+  Compiled once per network definition, not once per view: the loop builds
+  new views at every evaluation, and Linen modules hash and compare by their
+  fields, so equal networks share one compilation.
+  """
+  if y is None:
+    return module.apply(variables, x, train=False)
+  return module.apply(variables, x, train=False, y=y)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +60,8 @@ class Generator:
     if use_ema and batch_stats:
       # The EMA weights run with the raw generator's running batch-norm statistics.
       self.kind = "ema (batch-norm statistics of the raw generator)"
+    self.module = module
     self.num_classes = models.generator_classes(module)
-    if self.num_classes:
-      self._apply = jax.jit(lambda v, z, y: module.apply(v, z, train=False, y=y))
-    else:
-      self._apply = jax.jit(lambda v, z, y: module.apply(v, z, train=False))
 
   def labels(self, num: int, label: int | None = None) -> np.ndarray | None:
     """The classes of `num` samples (i mod K, or all `label`); None for an unconditional G."""
@@ -77,7 +88,7 @@ class Generator:
     for start in range(0, num, batch_size):
       z = jax.random.normal(jax.random.fold_in(key, start), (batch_size, self.z_dim))
       y = None if labels is None else labels[start : start + batch_size]
-      out.append(np.asarray(self._apply(self.variables, z, y)))
+      out.append(np.asarray(_infer(self.module, self.variables, z, y)))
     return np.concatenate(out)[:num]
 
 
@@ -87,16 +98,18 @@ def field(tree: Any, name: str) -> Any:
 
 
 class Classifier:
-  """A semi-supervised run's classifier (`gan.semi`), EMA parameters, inference mode."""
+  """A semi-supervised run's classifier (`gan.semi`), EMA parameters, inference mode.
 
-  def __init__(self, apply: Callable[..., jax.Array], variables: Any, step: int, kind: str):
-    self._apply = jax.jit(apply)
-    self.variables, self.step, self.kind = variables, step, kind
+  `module` maps images in [-1, 1] to class logits (Improved-GAN's D, Triple-GAN's C).
+  """
+
+  def __init__(self, module: nn.Module, variables: Any, step: int, kind: str):
+    self.module, self.variables, self.step, self.kind = module, variables, step, kind
 
   def logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Class logits of uint8 images, scaled to [-1, 1] as in training."""
     out = []
     for start in range(0, len(images), batch_size):
       x = np.asarray(images[start : start + batch_size], np.float32) * (2.0 / 255.0) - 1.0
-      out.append(np.asarray(self._apply(self.variables, x)))
+      out.append(np.asarray(_infer(self.module, self.variables, x)))
     return np.concatenate(out)

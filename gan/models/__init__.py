@@ -9,6 +9,7 @@ attribute (the 32x32 ones) accept "bfloat16".
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -78,12 +79,29 @@ def _dtype_kwargs(model: ml_collections.ConfigDict, G: type[nn.Module], D: type[
   return {"dtype": DTYPES[name]}
 
 
+def _fields(settings: Any) -> dict[str, Any]:
+  """Module fields from config settings, sequences as tuples.
+
+  A config read back from a run's config.json has lists where the experiment
+  file had tuples; Linen modules with list fields cannot be hashed, and jit
+  keys compilations by the module (`gan.evaluation.views`).
+  """
+
+  def hashable(value):
+    return tuple(hashable(v) for v in value) if isinstance(value, list | tuple) else value
+
+  return {key: hashable(value) for key, value in dict(settings).items()}
+
+
 def build(model: ml_collections.ConfigDict, axis_name: str | None) -> tuple[nn.Module, nn.Module]:
   """Returns (generator, discriminator) modules for `config.model`."""
   G = _lookup(GENERATORS, model.generator, "generator")
   D = _lookup(DISCRIMINATORS, model.discriminator, "discriminator")
   dtype = _dtype_kwargs(model, G, D)
-  return G(axis_name=axis_name, **dtype, **model.g), D(axis_name=axis_name, **dtype, **model.d)
+  return (
+      G(axis_name=axis_name, **dtype, **_fields(model.g)),
+      D(axis_name=axis_name, **dtype, **_fields(model.d)),
+  )
 
 
 def generator_classes(G: nn.Module) -> int:
@@ -100,4 +118,4 @@ def build_classifier(model: ml_collections.ConfigDict, axis_name: str | None) ->
   if not model.get("classifier"):
     return None
   C = _lookup(CLASSIFIERS, model.classifier, "classifier")
-  return C(axis_name=axis_name, **model.get("c", {}))
+  return C(axis_name=axis_name, **_fields(model.get("c", {})))

@@ -208,9 +208,7 @@ def create_state(
   )
 
 
-def classifier(D: nn.Module, C: nn.Module | None, state: Any) -> tuple[Any, dict[str, Any]]:
-  """(apply, variables) of the EMA classifier: D's K logits, noise off."""
+def classifier(D: nn.Module, C: nn.Module | None, state: Any) -> tuple[nn.Module, dict[str, Any]]:
+  """(module, variables) of the EMA classifier: D's K logits (noise off in inference mode)."""
   del C
-  return (lambda variables, x: D.apply(variables, x, train=False)), {
-      "params": views.field(state, "c_ema")
-  }
+  return D, {"params": views.field(state, "c_ema")}

@@ -499,9 +499,8 @@ def _epoch_batches(rng: np.random.Generator, n: int, batch: int) -> Iterator[np.
     queue = queue[batch:]
 
 
-def classifier(D: nn.Module, C: nn.Module, state: Any) -> tuple[Any, dict[str, Any]]:
-  """(apply, variables) of the EMA classifier (with the raw classifier's running BN statistics)."""
+def classifier(D: nn.Module, C: nn.Module, state: Any) -> tuple[nn.Module, dict[str, Any]]:
+  """(module, variables) of the EMA classifier (with the raw classifier's running BN statistics)."""
   del D
   c_ema, c = views.field(state, "c_ema"), views.field(state, "c")
-  variables = {"params": c_ema, "batch_stats": views.field(c, "batch_stats")}
-  return (lambda v, x: C.apply(v, x, train=False)), variables
+  return C, {"params": c_ema, "batch_stats": views.field(c, "batch_stats")}
