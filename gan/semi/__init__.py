@@ -12,7 +12,8 @@ that classify (C is None without a third player), and may provide
 `pretrain(config, C, state, arrays, log)`, which the training loop runs once
 on a new run's state before its first step. The training loop adds the
 labelled subset to the data on the devices (`labelled_data`) and measures the
-classifier on the test split with the "test_error" evaluator. Settings live in `config.semi` (`defaults()`).
+classifier on the test split with the "test_error" evaluator. Settings live
+in `config.semi` (`defaults()`).
 """
 
 from __future__ import annotations
