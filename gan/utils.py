@@ -1,4 +1,4 @@
-"""Small helpers shared by the loop and the entry points: cadence, input checks, errors."""
+"""Small helpers shared by the loop and the entry points: cadence, input checks, errors, cache."""
 
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ def fail(message: str, whole: bool = False) -> NoReturn:
   summary = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
   print(f"error: {str(message).strip() if whole else summary}", file=sys.stderr)
   sys.exit(2)
+
+
+def cache_root() -> str:
+  """Where derived files are cached: `$JAXGAN_CACHE`, or ~/.cache/jaxgan.
+
+  Holds decoded dataset splits (`gan.data`), trained metric classifiers and
+  Inception reference statistics (`gan.evaluation`); safe to delete.
+  """
+  return os.path.expanduser(os.environ.get("JAXGAN_CACHE", "~/.cache/jaxgan"))
 
 
 def every(step: int, n: int) -> bool:

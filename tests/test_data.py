@@ -1,4 +1,4 @@
-"""Data: epochs without repeats, device-count independent batches, offline fallback."""
+"""Data: epochs without repeats, device-count independent batches, offline fallback, cache."""
 
 import functools
 import os
@@ -105,10 +105,46 @@ def test_missing_other_dataset_fails_fast_with_a_clear_message(tmp_path):
     not os.path.isdir(os.path.join(SHARED, "mnist")),
     reason="no prepared TFDS data ($TFDS_DATA_DIR or ../shared/tensorflow_datasets)",
 )
-def test_reads_the_prepared_tfds_mnist():
+def test_reads_the_prepared_tfds_mnist_then_its_cached_copy(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path))  # an empty cache: TensorFlow reads
   split = data.load("mnist", "test", SHARED)
   assert split.image.shape == (10000, 28, 28, 1)
   assert np.bincount(split.label).sum() == 10000
+  assert len(list((tmp_path / "data").glob("mnist-test-*.npz"))) == 1
+  monkeypatch.setattr(data, "_read_split", None)  # a second read would fail
+  again = data.load("mnist", "test", SHARED)
+  np.testing.assert_array_equal(again.image, split.image)
+  np.testing.assert_array_equal(again.label, split.label)
+  assert again.source == split.source
+
+
+def test_the_split_cache_follows_the_dataset_files(tmp_path, monkeypatch, capsys):
+  files = tmp_path / "data_dir" / "fake" / "1.0.0"
+  files.mkdir(parents=True)
+  (files / "fake-train.tfrecord-00000-of-00001").write_bytes(b"x" * 10)
+  reads = []
+
+  def read(name, split, root):
+    reads.append(split)
+    return np.full((2, 1, 1, 1), len(reads), np.uint8), np.arange(2, dtype=np.int32)
+
+  monkeypatch.setattr(data, "_read_split", read)
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
+  root = str(tmp_path / "data_dir")
+  first = data.load("fake", "train", root)
+  assert data.load("fake", "train", root).image.tolist() == first.image.tolist()
+  assert reads == ["train"]  # the second load came from the cache
+  data.load("fake", "train[:50%]", root)
+  assert reads == ["train", "train[:50%]"]  # another split is another entry
+  (files / "fake-train.tfrecord-00000-of-00001").write_bytes(b"y" * 11)  # re-prepared
+  assert data.load("fake", "train", root).image.max() == 3 and len(reads) == 3
+  # A damaged entry is read again; an unusable cache directory only warns.
+  for entry in (tmp_path / "cache" / "data").glob("fake-train-*.npz"):
+    entry.write_bytes(b"not a zip file")
+  assert data.load("fake", "train", root).image.max() == 4
+  monkeypatch.setenv("JAXGAN_CACHE", str(files / "fake-train.tfrecord-00000-of-00001"))
+  assert data.load("fake", "train", root).image.max() == 5
+  assert "could not cache fake:train" in capsys.readouterr().err
 
 
 def test_stacked_mnist_batches_stack_three_digits():

@@ -35,7 +35,7 @@ import optax
 from flax import serialization
 
 from gan import data as data_lib
-from gan import platform
+from gan import platform, utils
 
 
 class MnistCNN(nn.Module):
@@ -155,10 +155,6 @@ def to_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
 
 
-def cache_root() -> str:
-  return os.path.expanduser(os.environ.get("JAXGAN_CACHE", "~/.cache/jaxgan"))
-
-
 def _augment(key: jax.Array, images: jax.Array, recipe: Recipe) -> jax.Array:
   """Random shifts (zero padding) and flips, per example."""
   n, h, w, _ = images.shape
@@ -266,7 +262,7 @@ def recipe_id(arch: str) -> str:
 
 
 def _directory(dataset: str, arch: str) -> str:
-  return os.path.join(cache_root(), "classifiers", f"{dataset}-{arch}-{recipe_id(arch)}")
+  return os.path.join(utils.cache_root(), "classifiers", f"{dataset}-{arch}-{recipe_id(arch)}")
 
 
 def save(classifier: Classifier, directory: str) -> None:

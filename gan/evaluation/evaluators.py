@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from gan import data as data_lib
-from gan import toy2d, writers
+from gan import toy2d, utils, writers
 from gan.evaluation import classifiers, inception, metrics, test_error
 from gan.evaluation.views import Generator, Result
 from gan.utils import ConfigError
@@ -167,7 +167,7 @@ class InceptionEvaluator:
         f"{self.dataset}-{cfg.split}-{cfg.num_reference}-{cfg.pr_samples}-{where}-"
         f"{self.sha256[:16]}.npz"
     )
-    path = os.path.join(classifiers.cache_root(), "inception_refs", key)
+    path = os.path.join(utils.cache_root(), "inception_refs", key)
     if os.path.exists(path):
       with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files} | {"source": str(f["source"])}
