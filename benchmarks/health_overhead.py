@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import timing  # noqa: E402
-import train_step  # noqa: E402  (benchmarks/train_step.py: sets XLA flags before JAX starts)
+import jax
+import numpy as np
+import timing
+import train_step  # benchmarks/train_step.py: sets XLA flags before JAX starts
 
-from gan import health  # noqa: E402
-from gan.train import replicate, unreplicate  # noqa: E402
+from gan import health
+from gan.train import replicate, unreplicate
 
 
 def main() -> None:

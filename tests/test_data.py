@@ -136,15 +136,30 @@ def test_the_split_cache_follows_the_dataset_files(tmp_path, monkeypatch, capsys
   assert reads == ["train"]  # the second load came from the cache
   data.load("fake", "train[:50%]", root)
   assert reads == ["train", "train[:50%]"]  # another split is another entry
-  (files / "fake-train.tfrecord-00000-of-00001").write_bytes(b"y" * 11)  # re-prepared
+  record = files / "fake-train.tfrecord-00000-of-00001"
+  record.write_bytes(b"y" * 11)  # re-prepared: another size
   assert data.load("fake", "train", root).image.max() == 3 and len(reads) == 3
-  # A damaged entry is read again; an unusable cache directory only warns.
+  os.utime(record, ns=(1, 1))  # the same size, another modification time
+  assert data.load("fake", "train", root).image.max() == 4
+  (files / "dataset_info.json").write_text('{"version": 1}')
+  assert data.load("fake", "train", root).image.max() == 5
+  os.utime(files / "dataset_info.json", ns=(1, 1))  # mtime and size kept, content changed
+  (files / "dataset_info.json").write_text('{"version": 2}')
+  os.utime(files / "dataset_info.json", ns=(1, 1))
+  assert data.load("fake", "train", root).image.max() == 6
+  assert data.load("fake", "train", root).image.max() == 6  # and cached again
+  # A damaged entry is read again; an unusable cache directory only warns; a
+  # dataset whose files cannot all be looked at is read without the cache.
   for entry in (tmp_path / "cache" / "data").glob("fake-train-*.npz"):
     entry.write_bytes(b"not a zip file")
-  assert data.load("fake", "train", root).image.max() == 4
-  monkeypatch.setenv("JAXGAN_CACHE", str(files / "fake-train.tfrecord-00000-of-00001"))
-  assert data.load("fake", "train", root).image.max() == 5
+  assert data.load("fake", "train", root).image.max() == 7
+  monkeypatch.setenv("JAXGAN_CACHE", str(record))
+  assert data.load("fake", "train", root).image.max() == 8
   assert "could not cache fake:train" in capsys.readouterr().err
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
+  (files / "dangling").symlink_to(tmp_path / "nowhere")
+  assert [data.load("fake", "train", root).image.max() for _ in range(2)] == [9, 10]
+  assert not list((tmp_path / "cache" / "data").glob("*.tmp"))
 
 
 def test_stacked_mnist_batches_stack_three_digits():

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from gan import models
@@ -91,7 +92,8 @@ def test_networks_of_a_restored_config_hash_like_the_experiments():
 
   import ml_collections  # noqa: PLC0415
 
-  names = sorted(p.stem for p in pathlib.Path("experiments").glob("*.py") if p.stem != "__init__")
+  folder = pathlib.Path(__file__).parents[1] / "experiments"
+  names = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
   assert len(names) >= 10
   for name in names:
     config = importlib.import_module(f"experiments.{name}").get_config()
@@ -100,3 +102,15 @@ def test_networks_of_a_restored_config_hash_like_the_experiments():
     again = [*models.build(restored.model, None), models.build_classifier(restored.model, None)]
     for module, other in zip(built, again, strict=True):
       assert module == other and hash(module) == hash(other), name
+
+
+def test_a_network_setting_that_cannot_be_hashed_is_a_config_error():
+  import ml_collections  # noqa: PLC0415
+
+  from experiments import mnist_improved_gan  # noqa: PLC0415
+  from gan.utils import ConfigError  # noqa: PLC0415
+
+  config = mnist_improved_gan.get_config("smoke")
+  config.model.d = ml_collections.ConfigDict(config.model.d.to_dict() | {"widths": {"a": 1}})
+  with pytest.raises(ConfigError, match="config.model.d: ImprovedGANDiscriminator"):
+    models.build(config.model, None)

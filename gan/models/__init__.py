@@ -93,14 +93,26 @@ def _fields(settings: Any) -> dict[str, Any]:
   return {key: hashable(value) for key, value in dict(settings).items()}
 
 
+def _checked(module: nn.Module, where: str) -> nn.Module:
+  """`module`, if it hashes; a config error now rather than at the first evaluation."""
+  try:
+    hash(module)
+  except TypeError as e:
+    raise ConfigError(
+        f"{where}: {type(module).__name__}'s settings must be numbers, strings or sequences "
+        f"of them (a network is compiled per distinct module): {e}"
+    ) from None
+  return module
+
+
 def build(model: ml_collections.ConfigDict, axis_name: str | None) -> tuple[nn.Module, nn.Module]:
   """Returns (generator, discriminator) modules for `config.model`."""
   G = _lookup(GENERATORS, model.generator, "generator")
   D = _lookup(DISCRIMINATORS, model.discriminator, "discriminator")
   dtype = _dtype_kwargs(model, G, D)
   return (
-      G(axis_name=axis_name, **dtype, **_fields(model.g)),
-      D(axis_name=axis_name, **dtype, **_fields(model.d)),
+      _checked(G(axis_name=axis_name, **dtype, **_fields(model.g)), "config.model.g"),
+      _checked(D(axis_name=axis_name, **dtype, **_fields(model.d)), "config.model.d"),
   )
 
 
@@ -118,4 +130,4 @@ def build_classifier(model: ml_collections.ConfigDict, axis_name: str | None) ->
   if not model.get("classifier"):
     return None
   C = _lookup(CLASSIFIERS, model.classifier, "classifier")
-  return C(axis_name=axis_name, **_fields(model.get("c", {})))
+  return _checked(C(axis_name=axis_name, **_fields(model.get("c", {}))), "config.model.c")
