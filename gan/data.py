@@ -43,7 +43,6 @@ import multiprocessing
 import os
 import re
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 
@@ -157,7 +156,7 @@ def load(name: str, split: str, data_dir: str | None = None) -> Split:
 _CACHE_FORMAT = 1
 
 
-def _fingerprint(name: str, split: str, root: str) -> str:
+def fingerprint(name: str, split: str, root: str) -> str:
   """What a cached split depends on: data_dir, split, reader, every file of the dataset.
 
   Raises OSError if a file vanishes or a link dangles while it looks.
@@ -186,31 +185,21 @@ def _fingerprint(name: str, split: str, root: str) -> str:
 def _cached_read(name: str, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
   """The split's arrays from the cache, or read (and cached) if absent or unreadable."""
   try:
-    fingerprint = _fingerprint(name, split, root)
+    key = fingerprint(name, split, root)
   except OSError:  # the dataset changes under us: read it, do not cache it
     return _read_split(name, split, root)
   tag = re.sub(r"[^\w.-]+", "_", split)  # "train[:10%]" -> "train_10_"
-  path = os.path.join(utils.cache_root(), "data", f"{name}-{tag}-{fingerprint}.npz")
+  path = os.path.join(utils.cache_root(), "data", f"{name}-{tag}-{key}.npz")
   try:
     with np.load(path) as cached:
       return cached["image"], cached["label"]
   except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
     pass  # not cached yet, or a damaged file: read the split again
   image, label = _read_split(name, split, root)
-  partial = None
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # A unique file, then renamed: readers never see half a file, writers never share one.
-    handle, partial = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(handle, "wb") as f:
-      np.savez(f, image=image, label=label)
-    os.replace(partial, path)
-    partial = None
+    utils.save_npz(path, image=image, label=label)
   except OSError as e:
     print(f"warning: could not cache {name}:{split} in {path}: {e}", file=sys.stderr)
-  finally:
-    if partial is not None and os.path.exists(partial):
-      os.remove(partial)
   return image, label
 
 

@@ -7,6 +7,8 @@ import sys
 import tempfile
 from typing import NoReturn
 
+import numpy as np
+
 
 class ConfigError(ValueError):
   """A bad setting or input that the command line reports in one line."""
@@ -31,6 +33,22 @@ def cache_root() -> str:
   Inception reference statistics (`gan.evaluation`); safe to delete.
   """
   return os.path.expanduser(os.environ.get("JAXGAN_CACHE", "~/.cache/jaxgan"))
+
+
+def save_npz(path: str, **arrays) -> None:
+  """Writes an uncompressed .npz atomically: readers (other processes) never see half a file.
+
+  Raises OSError if it cannot; nothing is left behind then.
+  """
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  handle, partial = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+  try:
+    with os.fdopen(handle, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
 
 
 def every(step: int, n: int) -> bool:

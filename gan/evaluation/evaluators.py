@@ -161,8 +161,13 @@ class InceptionEvaluator:
 
   def _reference(self, data_dir: str | None) -> dict[str, Any]:
     cfg = self.cfg
-    # Keyed by everything the statistics depend on, including where the data came from.
-    where = hashlib.sha256(data_lib.resolve_data_dir(data_dir).encode()).hexdigest()[:8]
+    # Keyed by everything the statistics depend on, including the data's files
+    # (`gan.data.fingerprint`: a re-prepared dataset gets new statistics).
+    root = data_lib.resolve_data_dir(data_dir)
+    try:
+      where = data_lib.fingerprint(self.dataset, cfg.split, root)[:8]
+    except OSError:  # files changing under us: key by the data_dir alone
+      where = hashlib.sha256(root.encode()).hexdigest()[:8]
     key = (
         f"{self.dataset}-{cfg.split}-{cfg.num_reference}-{cfg.pr_samples}-{where}-"
         f"{self.sha256[:16]}.npz"
@@ -184,8 +189,7 @@ class InceptionEvaluator:
         "count": np.int64(stats.count),
         "source": split.source,
     }
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path, **reference)
+    utils.save_npz(path, **reference)
     return reference
 
   def run(self, generator: Generator) -> Result:
