@@ -43,6 +43,12 @@ to `workdir/events.jsonl`, logs it, and carries out the action:
   early_stop / stop
              end the run; the best checkpoint by the tracked metric is kept.
 
+A detector fires once per episode. When the condition of an episode that was
+only logged clears, the monitor writes a `cleared` record (action "cleared",
+the same `test`), so a report can tell a warning that passed (a feature-
+matching G that makes near-identical images for its first few hundred
+steps) from a problem that is still there.
+
 All thresholds, windows and actions live in `config.health` (`defaults()`).
 """
 
@@ -68,6 +74,7 @@ DETECTORS = ("discriminator_wins", "mode_collapse", "divergence", "plateau")
 # "off" silences a detector (e.g. discriminator_wins for feature-matching semi-supervised
 # GANs, whose D is meant to win: see experiments/mnist_improved_gan.py).
 ACTIONS = ("off", "log", "rollback", "early_stop", "stop")
+CLEARED = "cleared"  # the action of the record that ends an episode; not a configurable action
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -129,6 +136,7 @@ class Event:
   action: str
   message: str
   since: int  # first step of the window in which the condition held
+  test: str = ""  # which of the detector's tests (default: the detector's name)
 
   def as_json(self) -> dict[str, Any]:
     return {
@@ -138,6 +146,7 @@ class Event:
         "action": self.action,
         "message": self.message,
         "since": self.since,
+        "test": self.test or self.detector,
     }
 
 
@@ -236,14 +245,21 @@ class Monitor:
       bad = bad and len(window) == window.maxlen and all(b for _, b, _ in window)
       since = window[0][0]
     if not bad:
+      if test not in self.active:
+        return []
       self.active.discard(test)
-      return []
+      # In effect only logged episodes clear: a rollback forgets its episodes with the
+      # windows (`reset_windows`), and a stop ends the run.
+      cleared = f"{name.replace('_', ' ')} cleared"
+      return [Event(step, name, evidence, CLEARED, cleared, since=step, test=test)]
     if test in self.active:
       return []
     self.active.add(test)
-    return [self._event(name, step, evidence, message, since=since)]
+    return [self._event(name, step, evidence, message, since=since, test=test)]
 
-  def _event(self, name: str, step: int, evidence: dict, message: str, since: int) -> Event:
+  def _event(
+      self, name: str, step: int, evidence: dict, message: str, since: int, test: str = ""
+  ) -> Event:
     action = self.config[name].action
     self.quiet_since = step
     if action == "rollback":
@@ -252,7 +268,7 @@ class Monitor:
         message += f" (no rollbacks left: {self.rollbacks} done)"
       else:
         self.rollbacks += 1
-    return Event(step, name, evidence, action, message, since)
+    return Event(step, name, evidence, action, message, since, test)
 
   def recovered(self, step: int) -> float | None:
     """The raised learning-rate scale if one remedy is now undone (see `rollback`), else None."""

@@ -106,7 +106,8 @@ def verdict(report: dict[str, Any]) -> str:
   events = report["events"]
   series = report["series"]
   last = int(max((s[-1] for s, _ in series.values()), default=0))
-  failures = [e for e in events if e["detector"] != "plateau"]
+  failures = [e for e in events if e["detector"] != "plateau" and e["action"] != health.CLEARED]
+  ended = _cleared(events)
   if not failures:
     text = f"Healthy: no detector fired in {last:,} steps."
     stops = [e for e in events if e["detector"] == "plateau"]
@@ -123,12 +124,23 @@ def verdict(report: dict[str, Any]) -> str:
       first = fired[0]
       steps = ", ".join(f"{e['step']:,}" for e in fired[:5]) + (" ..." if len(fired) > 5 else "")
       actions = sorted({e["action"] for e in fired})
+      cleared = [ended[id(e)] for e in fired if id(e) in ended]
+      still = [e for e in fired if e["action"] == "log" and id(e) not in ended]
+      note = ""
+      if still:
+        note = f"; open since step {still[-1]['step']:,}"
+      elif cleared:
+        note = f"; cleared {'by' if len(cleared) > 1 else 'at'} step {max(cleared):,}"
       parts.append(
           f"{name.replace('_', ' ')} at step{'s' if len(fired) > 1 else ''} {steps} "
-          f"(first: {first['message']}; action: {', '.join(actions)})"
+          f"(first: {first['message']}; action: {', '.join(actions)}{note})"
       )
   stopped = any(e["action"] in ("stop", "early_stop") for e in events)
-  if not stopped and all(e["action"] == "rollback" for e in failures):
+  open_warnings = [e for e in failures if e["action"] == "log" and id(e) not in ended]
+  rolled_back = any(e["action"] == "rollback" for e in failures)
+  if not stopped and not open_warnings and not rolled_back:
+    return f"Healthy at step {last:,}: every warning has cleared. Warned: " + "; ".join(parts) + "."
+  if not stopped and not open_warnings:
     text = (
         f"Recovered: {'; '.join(parts)}. After the last rollback the run trained on to step "
         f"{last:,} with no further event"
@@ -141,6 +153,24 @@ def verdict(report: dict[str, Any]) -> str:
   if stopped:
     text += " The run was stopped."
   return text
+
+
+def _cleared(events: list[dict[str, Any]]) -> dict[int, int]:
+  """{id(event): step at which its episode cleared} for the logged episodes that ended.
+
+  A `cleared` record closes the open episode of the same detector test
+  (records written before tests were named count as the detector's).
+  """
+  open_by_test: dict[str, dict[str, Any]] = {}
+  ended = {}
+  for event in events:
+    test = event.get("test") or event["detector"]
+    if event["action"] == health.CLEARED:
+      if test in open_by_test:
+        ended[id(open_by_test.pop(test))] = int(event["step"])
+    elif event["detector"] != "plateau":
+      open_by_test[test] = event
+  return ended
 
 
 def _figure(report: dict[str, Any], keys_panels, columns: int = 3, width: float = 4.2):

@@ -406,12 +406,15 @@ class HealthMonitor:
     order = {name: i for i, name in enumerate(health.ACTIONS)}  # log < rollback < stops
     action = "log"
     for event in events:
-      message = f"health: step {event.step}: {event.message} -> {event.action}"
-      logging.warning("%s", message)
+      cleared = event.action == health.CLEARED
+      message = f"health: step {event.step}: {event.message}" + (
+          "" if cleared else f" -> {event.action}"
+      )
+      (logging.info if cleared else logging.warning)("%s", message)
       if self.run.primary:
         health.write_event(self.run.workdir, event)
         (self.bar.write if self.bar is not None else print)(message)
-      if order[event.action] > order[action]:
+      if not cleared and order[event.action] > order[action]:
         action = event.action
     return action
 

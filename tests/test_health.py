@@ -76,8 +76,13 @@ def test_warmup_silences_the_early_steps():
 
 
 def test_mode_collapse_from_diversity_and_from_class_coverage():
-  events = _feed(_monitor(), [_healthy(0, **{"health/diversity": 0.02})] * 5)
+  monitor = _monitor()
+  events = _feed(monitor, [_healthy(0, **{"health/diversity": 0.02})] * 5)
   assert [e.detector for e in events] == ["mode_collapse"]
+  # The first good record ends the episode with a `cleared` record of the same test.
+  cleared = _feed(monitor, [_healthy(0)] * 3, start=400)
+  assert [(e.step, e.action, e.test) for e in cleared] == [(400, "cleared", "mode_collapse")]
+  assert cleared[0].message == "mode collapse cleared" and monitor.quiet_since == 340
   # One evaluation with too few classes fires, whatever the diversity records around it
   # say (they keep their own window), once per episode.
   monitor = _monitor()
@@ -87,8 +92,11 @@ def test_mode_collapse_from_diversity_and_from_class_coverage():
   assert [e.detector for e in events] == ["mode_collapse"] and "3 classes" in events[0].message
   assert _feed(monitor, [_healthy(0)] * 3, start=2010) == []
   assert monitor.observe_eval(3000, {"c/classes": 4, "c/real_classes": 10}) == []  # same episode
-  assert monitor.observe_eval(4000, {"c/classes": 9, "c/real_classes": 10}) == []
-  assert len(monitor.observe_eval(5000, {"c/classes": 2, "c/real_classes": 10})) == 1
+  ended = monitor.observe_eval(4000, {"c/classes": 9, "c/real_classes": 10})
+  assert [(e.action, e.test) for e in ended] == [("cleared", "mode_collapse:c/classes")]
+  assert [e.action for e in monitor.observe_eval(5000, {"c/classes": 2, "c/real_classes": 10})] == [
+      "log"
+  ]
 
 
 def test_divergence_on_nonfinite_values_explosions_and_huge_updates():
@@ -292,3 +300,28 @@ def test_report_names_the_failure(tmp_path, capsys):
   )
   with pytest.raises(SystemExit):
     report.main([str(tmp_path / "nowhere")])
+
+
+def test_report_tells_a_warning_that_cleared_from_one_still_open(tmp_path):
+  warned = health.Event(30, "mode_collapse", {}, "log", "mode collapse: samples alike", 10)
+  cleared = health.Event(50, "mode_collapse", {}, "cleared", "mode collapse cleared", 50)
+  _fake_run(tmp_path, [warned, cleared])
+  loaded = report.load(str(tmp_path))
+  assert report.verdict(loaded) == (
+      "Healthy at step 100: every warning has cleared. Warned: mode collapse at step 30 "
+      "(first: mode collapse: samples alike; action: log; cleared at step 50)."
+  )
+  # Without its `cleared` record (or with one of another test) the warning is still open.
+  other = {**cleared.as_json(), "test": "mode_collapse:c/classes"}
+  for events in ([warned.as_json()], [warned.as_json(), other]):
+    text = report.verdict({**loaded, "events": events})
+    assert text.startswith("Unhealthy after 100 steps: mode collapse at step 30"), text
+    assert "open since step 30" in text
+  # Records written before tests were named pair by detector.
+  old = [{k: v for k, v in e.as_json().items() if k != "test"} for e in (warned, cleared)]
+  assert report.verdict({**loaded, "events": old}).startswith("Healthy at step 100")
+  # A cleared warning beside a rollback: the run recovered.
+  rolled = health.Event(70, "divergence", {}, "rollback", "training diverges", 60).as_json()
+  recovered = report.verdict({**loaded, "events": [warned.as_json(), cleared.as_json(), rolled]})
+  assert recovered.startswith("Recovered: mode collapse at step 30"), recovered
+  assert "divergence at step 70" in recovered
