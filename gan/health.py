@@ -27,7 +27,8 @@ window:
   plateau             the tracked metric (`config.best_checkpoint.metric`) has
                       not improved by `min_delta` for `patience` evaluations.
 
-An event is `{"step", "detector", "evidence", "action"}`; the loop appends it
+An event is `{"step", "detector", "evidence", "action", "message", "since",
+"test"}` (`test`: which of the detector's tests fired); the loop appends it
 to `workdir/events.jsonl`, logs it, and carries out the action:
 
   log        only record it;
@@ -43,11 +44,13 @@ to `workdir/events.jsonl`, logs it, and carries out the action:
   early_stop / stop
              end the run; the best checkpoint by the tracked metric is kept.
 
-A detector fires once per episode. When the condition of an episode that was
-only logged clears, the monitor writes a `cleared` record (action "cleared",
-the same `test`), so a report can tell a warning that passed (a feature-
-matching G that makes near-identical images for its first few hundred
-steps) from a problem that is still there.
+A detector fires once per episode. When the condition of a logged episode has
+been absent for a whole window, the monitor writes a `cleared` record (action
+"cleared", the same `test`), so a report can tell a warning that passed (a
+feature-matching G makes near-identical images for its first few hundred
+steps) from a problem still there. Open episodes survive a resume (in
+health.json); a rollback forgets them (`reset_windows`), and fires again if
+the trouble persists. Cleared records do not restart the remedy clock.
 
 All thresholds, windows and actions live in `config.health` (`defaults()`).
 """
@@ -196,6 +199,7 @@ class Monitor:
         "rollbacks": self.rollbacks,
         "lr_scale": self.lr_scale,
         "quiet_since": self.quiet_since,
+        "active": sorted(self.active),  # open episodes: a resume neither repeats nor loses them
     }
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -205,6 +209,7 @@ class Monitor:
     self.rollbacks = int(state.get("rollbacks", 0))
     self.lr_scale = float(state.get("lr_scale", 1.0))
     self.quiet_since = int(state.get("quiet_since", 0))
+    self.active = set(state.get("active", []))
 
   def reset_windows(self) -> None:
     """Forgets the recent records (after a rollback), so a recurring failure fires again."""
@@ -232,27 +237,33 @@ class Monitor:
   ) -> list[Event]:
     """Fires `name` once per episode: when `bad` has held for its whole window.
 
-    With `since`, `bad` already judges a whole window (starting at step `since`).
+    The episode ends, with a `cleared` record, when `bad` has been false for a
+    whole window; records in between (some bad, some not) neither fire nor
+    clear. With `since`, `bad` already judges a whole window (starting at step
+    `since`), and one record that is not bad clears.
     `test` names one of several tests of a detector (default: the detector), each
     with its own window and episode, so e.g. evaluations and log records do not mix.
     """
     if self.config[name].action == "off":
       return []
     test = test or name
+    good = not bad
     if since is None:
       window = self._window(test, int(self.config[name].get("window", 1)))
       window.append((step, bad, evidence))
-      bad = bad and len(window) == window.maxlen and all(b for _, b, _ in window)
+      full = len(window) == window.maxlen
+      bad = full and all(b for _, b, _ in window)
+      good = full and not any(b for _, b, _ in window)
       since = window[0][0]
-    if not bad:
-      if test not in self.active:
+    if test in self.active:
+      if not good:
         return []
       self.active.discard(test)
-      # In effect only logged episodes clear: a rollback forgets its episodes with the
-      # windows (`reset_windows`), and a stop ends the run.
+      # Only logged episodes clear: a rollback forgets every open episode with the
+      # windows (`reset_windows`; the report counts them closed), and a stop ends the run.
       cleared = f"{name.replace('_', ' ')} cleared"
-      return [Event(step, name, evidence, CLEARED, cleared, since=step, test=test)]
-    if test in self.active:
+      return [Event(step, name, evidence, CLEARED, cleared, since=since, test=test)]
+    if not bad:
       return []
     self.active.add(test)
     return [self._event(name, step, evidence, message, since=since, test=test)]

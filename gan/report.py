@@ -103,20 +103,19 @@ def _best(workdir: str, config: dict[str, Any]) -> dict[str, Any]:
 
 def verdict(report: dict[str, Any]) -> str:
   """One paragraph: healthy, or which failure, when, and what was done."""
-  events = report["events"]
+  events = [e for e in report["events"] if e["action"] != health.CLEARED]
   series = report["series"]
   last = int(max((s[-1] for s, _ in series.values()), default=0))
-  failures = [e for e in events if e["detector"] != "plateau" and e["action"] != health.CLEARED]
-  ended = _cleared(events)
+  failures = [e for e in events if e["detector"] != "plateau"]
+  ended = _ended(report["events"])
+  stops = [e for e in events if e["detector"] == "plateau" and e["action"] != "rollback"]
+  stop_note = (
+      f" Stopped at step {stops[0]['step']:,}: {stops[0]['message']} (the best checkpoint is kept)."
+      if stops
+      else ""
+  )
   if not failures:
-    text = f"Healthy: no detector fired in {last:,} steps."
-    stops = [e for e in events if e["detector"] == "plateau"]
-    if stops:
-      text += (
-          f" Stopped at step {stops[0]['step']:,}: {stops[0]['message']}"
-          f" (the best checkpoint is kept)."
-      )
-    return text
+    return f"Healthy: no detector fired in {last:,} steps." + stop_note
   parts = []
   for name in health.DETECTORS:
     fired = [e for e in failures if e["detector"] == name]
@@ -124,52 +123,62 @@ def verdict(report: dict[str, Any]) -> str:
       first = fired[0]
       steps = ", ".join(f"{e['step']:,}" for e in fired[:5]) + (" ..." if len(fired) > 5 else "")
       actions = sorted({e["action"] for e in fired})
-      cleared = [ended[id(e)] for e in fired if id(e) in ended]
       still = [e for e in fired if e["action"] == "log" and id(e) not in ended]
+      closed = [ended[id(e)] for e in fired if id(e) in ended]
       note = ""
       if still:
         note = f"; open since step {still[-1]['step']:,}"
-      elif cleared:
-        note = f"; cleared {'by' if len(cleared) > 1 else 'at'} step {max(cleared):,}"
+      elif closed:
+        step, how = max(closed)
+        note = f"; {how} {'by' if len(closed) > 1 else 'at'} step {step:,}"
       parts.append(
           f"{name.replace('_', ' ')} at step{'s' if len(fired) > 1 else ''} {steps} "
           f"(first: {first['message']}; action: {', '.join(actions)}{note})"
       )
-  stopped = any(e["action"] in ("stop", "early_stop") for e in events)
+  stopped = any(e["action"] in ("stop", "early_stop") for e in failures)
   open_warnings = [e for e in failures if e["action"] == "log" and id(e) not in ended]
-  rolled_back = any(e["action"] == "rollback" for e in failures)
-  if not stopped and not open_warnings and not rolled_back:
-    return f"Healthy at step {last:,}: every warning has cleared. Warned: " + "; ".join(parts) + "."
+  rollbacks = [e["step"] for e in events if e["action"] == "rollback"]
+  if not stopped and not open_warnings and not rollbacks:
+    return f"Healthy at step {last:,}: every warning has cleared. Warned: {'; '.join(parts)}." + (
+        stop_note
+    )
   if not stopped and not open_warnings:
+    later = any(e["step"] > max(rollbacks) for e in failures)
     text = (
         f"Recovered: {'; '.join(parts)}. After the last rollback the run trained on to step "
-        f"{last:,} with no further event"
+        f"{last:,} with {'no warning left open' if later else 'no further event'}"
     )
     num_steps = report["config"].get("num_steps")
     if num_steps and last < num_steps:
       text += f" (it has not reached its end, step {num_steps:,}, yet)"
-    return text + "."
+    return text + "." + stop_note
   text = f"Unhealthy after {last:,} steps: " + "; ".join(parts) + "."
-  if stopped:
-    text += " The run was stopped."
-  return text
+  return text + (" The run was stopped." if stopped else stop_note)
 
 
-def _cleared(events: list[dict[str, Any]]) -> dict[int, int]:
-  """{id(event): step at which its episode cleared} for the logged episodes that ended.
+def _ended(events: list[dict[str, Any]]) -> dict[int, tuple[int, str]]:
+  """{id(event): (step, how)} for the logged episodes that ended ("cleared", "rolled back").
 
-  A `cleared` record closes the open episode of the same detector test
-  (records written before tests were named count as the detector's).
+  A `cleared` record closes the open episodes of its detector test (records
+  written before tests were named count as the detector's; a test that fired
+  again, e.g. after a crash and resume, has several); a rollback closes every
+  open episode, since the monitor forgets them and fires again if the trouble
+  persists.
   """
-  open_by_test: dict[str, dict[str, Any]] = {}
-  ended = {}
+  open_by_test: dict[str, list[dict[str, Any]]] = {}
+  ended: dict[int, tuple[int, str]] = {}
   for event in events:
     test = event.get("test") or event["detector"]
     if event["action"] == health.CLEARED:
-      if test in open_by_test:
-        ended[id(open_by_test.pop(test))] = int(event["step"])
-    elif event["detector"] != "plateau":
-      open_by_test[test] = event
+      for warning in open_by_test.pop(test, []):
+        ended[id(warning)] = (int(event["step"]), "cleared")
+    elif event["action"] == "rollback":
+      for warnings in open_by_test.values():
+        for warning in warnings:
+          ended[id(warning)] = (int(event["step"]), "rolled back")
+      open_by_test.clear()
+    elif event["action"] == "log":
+      open_by_test.setdefault(test, []).append(event)
   return ended
 
 
@@ -189,7 +198,8 @@ def _figure(report: dict[str, Any], keys_panels, columns: int = 3, width: float 
         steps, values = report["series"][key]
         ax.plot(steps, values, label=key, lw=1, marker="o" if len(steps) < 20 else None, ms=3)
     for event in report["events"]:
-      ax.axvline(event["step"], color=_COLORS.get(event["detector"], "k"), ls="--", lw=0.8)
+      style = ":" if event["action"] == health.CLEARED else "--"  # dotted: an episode's end
+      ax.axvline(event["step"], color=_COLORS.get(event["detector"], "k"), ls=style, lw=0.8)
     if log and any((np.asarray(line.get_ydata()) > 0).any() for line in ax.lines):
       ax.set_yscale("log")
     ax.set_title(title, fontsize=9)
@@ -252,7 +262,7 @@ def write(workdir: str) -> tuple[str, str]:
       f"<p class='v'><b>Verdict.</b> {html.escape(text)}</p>",
       "<h2>Training signals</h2>",
       "<p>Dashed lines: detector events (red divergence, orange discriminator wins, "
-      "purple mode collapse, green plateau).</p>",
+      "purple mode collapse, green plateau); dotted: a logged episode's end (cleared).</p>",
       _img(_png(_figure(report, training)), "training signals") if training else "",
   ]
   if metric_panels:

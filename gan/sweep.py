@@ -46,14 +46,15 @@ W/sweep.json: {"target", "tiebreak", "success_rate", "successes",
 "final_metrics" (the last training log record), "eval" (eval.json's metrics
 as <evaluator>/<metric>), "health": {"verdict": healthy | recovered |
 unhealthy, "summary": gan.report's verdict, "events": [detector@step ->
-action]}, "target_value", "tiebreak_value", "target_reached", "success",
-"rank"}]}. A member succeeds if it is healthy or recovered (no unresolved
-failure, `gan.report.verdict`) and its final evaluation reaches the target;
-the success rate is the share of members that do. Without a target, members
-are ranked by `config.best_checkpoint.metric` and succeed if healthy. Members
-are ranked successes first, then by the target metric; ties (every ring8
-member finding all 8 modes) are broken by `config.best_checkpoint.metric`
-when it is another metric ("tiebreak": {"metric", "mode"}, else null).
+action, "cleared" for an episode's end]}, "target_value", "tiebreak_value",
+"target_reached", "success", "rank"}]}. A member succeeds if it is healthy
+or recovered (no unresolved failure, `gan.report.verdict`) and its final
+evaluation reaches the target; the success rate is the share of members that
+do. Without a target, members are ranked by `config.best_checkpoint.metric`
+and succeed if healthy. Members are ranked successes first, then by the
+target metric; ties (every ring8 member finding all 8 modes) are broken by
+`config.best_checkpoint.metric` when it is another metric ("tiebreak":
+{"metric", "mode"}, else null).
 W/sweep.png: the members' target metric, best first, coloured by outcome and
 labelled with the target and tie-break values.
 """

@@ -40,9 +40,11 @@ def save_npz(path: str, **arrays) -> None:
 
   Raises OSError if it cannot; nothing is left behind then.
   """
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  handle, partial = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+  folder, name = os.path.split(path)
+  os.makedirs(folder, exist_ok=True)
+  handle, partial = tempfile.mkstemp(dir=folder, prefix=f"{name}.", suffix=".tmp")
   try:
+    os.fchmod(handle, 0o644)  # readable like a file open() makes, not mkstemp's 0600
     with os.fdopen(handle, "wb") as f:
       np.savez(f, **arrays)
     os.replace(partial, path)

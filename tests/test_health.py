@@ -79,10 +79,13 @@ def test_mode_collapse_from_diversity_and_from_class_coverage():
   monitor = _monitor()
   events = _feed(monitor, [_healthy(0, **{"health/diversity": 0.02})] * 5)
   assert [e.detector for e in events] == ["mode_collapse"]
-  # The first good record ends the episode with a `cleared` record of the same test.
-  cleared = _feed(monitor, [_healthy(0)] * 3, start=400)
-  assert [(e.step, e.action, e.test) for e in cleared] == [(400, "cleared", "mode_collapse")]
-  assert cleared[0].message == "mode collapse cleared" and monitor.quiet_since == 340
+  # A whole window of good records ends the episode with a `cleared` record of the same
+  # test; a mixed window neither clears nor fires again.
+  collapsed = _healthy(0, **{"health/diversity": 0.02})
+  cleared = _feed(monitor, [_healthy(0)] * 3 + [collapsed] + [_healthy(0)] * 6, start=400)
+  assert [(e.step, e.action, e.test) for e in cleared] == [(480, "cleared", "mode_collapse")]
+  assert cleared[0].message == "mode collapse cleared" and cleared[0].since == 440
+  assert monitor.quiet_since == 340  # a cleared record does not restart the remedy clock
   # One evaluation with too few classes fires, whatever the diversity records around it
   # say (they keep their own window), once per episode.
   monitor = _monitor()
@@ -156,9 +159,13 @@ def test_monitor_state_survives_a_resume():
   monitor.observe_eval(1, {"m/fcd": 2.0})
   monitor.observe_eval(2, {"m/fcd": 3.0})
   monitor.lr_scale, monitor.rollbacks = 0.5, 1
+  assert len(_feed(monitor, [_healthy(0, **{"health/diversity": 0.02})] * 5)) == 1
   other = _monitor(plateau={"patience": 3})
   other.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
   assert other.state_dict() == monitor.state_dict()
+  assert other.active == {"mode_collapse"}  # the open episode: neither repeated nor lost
+  assert _feed(other, [_healthy(0, **{"health/diversity": 0.02})] * 5, start=400) == []
+  assert [e.action for e in _feed(other, [_healthy(0)] * 5, start=500)] == ["cleared"]
 
 
 def test_signal_functions():
@@ -324,4 +331,23 @@ def test_report_tells_a_warning_that_cleared_from_one_still_open(tmp_path):
   rolled = health.Event(70, "divergence", {}, "rollback", "training diverges", 60).as_json()
   recovered = report.verdict({**loaded, "events": [warned.as_json(), cleared.as_json(), rolled]})
   assert recovered.startswith("Recovered: mode collapse at step 30"), recovered
-  assert "divergence at step 70" in recovered
+  assert "divergence at step 70" in recovered and "no further event" in recovered
+  # A rollback ends the warnings open before it (the monitor forgets them and would fire
+  # again); a warning after the last rollback that cleared is named.
+  later = [{**e.as_json(), "step": e.step + 50} for e in (warned, cleared)]
+  for events in ([warned.as_json(), rolled], [rolled, *later]):
+    text = report.verdict({**loaded, "events": events})
+    assert text.startswith("Recovered: mode collapse at step"), text
+  assert "rolled back at step 70" in report.verdict(
+      {**loaded, "events": [warned.as_json(), rolled]}
+  )
+  assert "no warning left open" in text
+  # A warning fired again after a resume is closed by the same cleared record.
+  again = {**warned.as_json(), "step": 40}
+  assert report.verdict(
+      {**loaded, "events": [warned.as_json(), again, cleared.as_json()]}
+  ).startswith("Healthy at step 100")
+  # A plateau's early stop beside a cleared warning: healthy, and the stop is named.
+  plateau = health.Event(90, "plateau", {}, "early_stop", "plateau: c/fcd stalled", 90).as_json()
+  text = report.verdict({**loaded, "events": [warned.as_json(), cleared.as_json(), plateau]})
+  assert text.startswith("Healthy at step 100") and "Stopped at step 90" in text, text

@@ -21,9 +21,9 @@ they are missing; `gan.evaluate --inception` always requires them.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -143,7 +143,8 @@ class InceptionEvaluator:
   The reference statistics (mean and covariance of pool3 over `num_reference`
   images of the reference split, plus the first `pr_samples` feature rows) are
   computed once and cached under `<cache>/inception_refs/`, keyed by dataset,
-  split, count and the weights' SHA-256. IS uses the logits without the fc
+  split, counts, the dataset's files (`gan.data.fingerprint`) and the weights'
+  SHA-256. IS uses the logits without the fc
   bias, as the original Inception Score code did.
   """
 
@@ -163,19 +164,21 @@ class InceptionEvaluator:
     cfg = self.cfg
     # Keyed by everything the statistics depend on, including the data's files
     # (`gan.data.fingerprint`: a re-prepared dataset gets new statistics).
-    root = data_lib.resolve_data_dir(data_dir)
     try:
-      where = data_lib.fingerprint(self.dataset, cfg.split, root)[:8]
-    except OSError:  # files changing under us: key by the data_dir alone
-      where = hashlib.sha256(root.encode()).hexdigest()[:8]
+      where = data_lib.fingerprint(self.dataset, cfg.split, data_lib.resolve_data_dir(data_dir))
+    except OSError:  # the dataset changes under us: compute, do not cache
+      where = None
     key = (
-        f"{self.dataset}-{cfg.split}-{cfg.num_reference}-{cfg.pr_samples}-{where}-"
+        f"{self.dataset}-{cfg.split}-{cfg.num_reference}-{cfg.pr_samples}-{str(where)[:8]}-"
         f"{self.sha256[:16]}.npz"
     )
     path = os.path.join(utils.cache_root(), "inception_refs", key)
-    if os.path.exists(path):
-      with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files} | {"source": str(f["source"])}
+    if where is not None:
+      try:
+        with np.load(path, allow_pickle=False) as f:
+          return {k: f[k] for k in f.files} | {"source": str(f["source"])}
+      except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        pass  # not cached yet, or a damaged file: compute again
     split = data_lib.load(self.dataset, cfg.split, data_dir)
     images = split.image[: cfg.num_reference]
     stats = metrics.FeatureStats(keep=cfg.pr_samples)
@@ -189,7 +192,11 @@ class InceptionEvaluator:
         "count": np.int64(stats.count),
         "source": split.source,
     }
-    utils.save_npz(path, **reference)
+    if where is not None:
+      try:
+        utils.save_npz(path, **reference)
+      except OSError as e:
+        print(f"warning: could not cache Inception statistics in {path}: {e}", file=sys.stderr)
     return reference
 
   def run(self, generator: Generator) -> Result:
