@@ -43,7 +43,6 @@ import multiprocessing
 import os
 import re
 import sys
-import zipfile
 from collections.abc import Callable
 
 import jax
@@ -190,11 +189,9 @@ def _cached_read(name: str, split: str, root: str) -> tuple[np.ndarray, np.ndarr
     return _read_split(name, split, root)
   tag = re.sub(r"[^\w.-]+", "_", split)  # "train[:10%]" -> "train_10_"
   path = os.path.join(utils.cache_root(), "data", f"{name}-{tag}-{key}.npz")
-  try:
-    with np.load(path) as cached:
-      return cached["image"], cached["label"]
-  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-    pass  # not cached yet, or a damaged file: read the split again
+  cached = utils.load_npz(path, ("image", "label"))
+  if cached is not None:
+    return cached["image"], cached["label"]
   image, label = _read_split(name, split, root)
   try:
     utils.save_npz(path, image=image, label=label)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import zipfile
 from typing import NoReturn
 
 import numpy as np
@@ -33,6 +34,17 @@ def cache_root() -> str:
   Inception reference statistics (`gan.evaluation`); safe to delete.
   """
   return os.path.expanduser(os.environ.get("JAXGAN_CACHE", "~/.cache/jaxgan"))
+
+
+def load_npz(path: str, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+  """The arrays of a cached .npz, or None if it is absent, damaged or lacks one of `keys`."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      if not set(keys) <= set(f.files):
+        return None
+      return {k: f[k] for k in f.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+    return None
 
 
 def save_npz(path: str, **arrays) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -173,12 +172,10 @@ class InceptionEvaluator:
         f"{self.sha256[:16]}.npz"
     )
     path = os.path.join(utils.cache_root(), "inception_refs", key)
-    if where is not None:
-      try:
-        with np.load(path, allow_pickle=False) as f:
-          return {k: f[k] for k in f.files} | {"source": str(f["source"])}
-      except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        pass  # not cached yet, or a damaged file: compute again
+    keys = ("mean", "cov", "features", "count", "source")
+    cached = utils.load_npz(path, keys) if where is not None else None
+    if cached is not None:  # else not cached yet, damaged, or not to be cached: compute
+      return cached | {"source": str(cached["source"])}
     split = data_lib.load(self.dataset, cfg.split, data_dir)
     images = split.image[: cfg.num_reference]
     stats = metrics.FeatureStats(keep=cfg.pr_samples)
