@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import sys
 import tempfile
+import time
 import zipfile
 from typing import NoReturn
 
@@ -50,7 +53,9 @@ def load_npz(path: str, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
 def save_npz(path: str, **arrays) -> None:
   """Writes an uncompressed .npz atomically: readers (other processes) never see half a file.
 
-  Raises OSError if it cannot; nothing is left behind then.
+  Raises OSError if it cannot; nothing is left behind then. Partial files of
+  writers that were killed (`<name>.*.tmp` untouched for `STALE_PARTIAL_SECONDS`)
+  are removed after a successful write.
   """
   folder, name = os.path.split(path)
   os.makedirs(folder, exist_ok=True)
@@ -63,6 +68,27 @@ def save_npz(path: str, **arrays) -> None:
   finally:
     if os.path.exists(partial):
       os.remove(partial)
+  remove_stale_partials(os.path.join(glob.escape(folder), f"{glob.escape(name)}.*.tmp"))
+
+
+# A partial file nobody has written to for this long is a killed writer's, not a live one's
+# (a live writer takes seconds: MNIST's train split, 47 MB, is written in well under one).
+STALE_PARTIAL_SECONDS = 3600.0
+
+
+def remove_stale_partials(pattern: str) -> None:
+  """Removes files or directories matching glob `pattern` untouched for STALE_PARTIAL_SECONDS."""
+  now = time.time()
+  for partial in glob.glob(pattern):
+    try:
+      if now - os.stat(partial).st_mtime <= STALE_PARTIAL_SECONDS:
+        continue
+      if os.path.isdir(partial):
+        shutil.rmtree(partial)
+      else:
+        os.remove(partial)
+    except OSError:  # removed by another process meanwhile
+      pass
 
 
 def every(step: int, n: int) -> bool:

@@ -1,13 +1,15 @@
 """Domain classifiers: architectures, and the on-disk cache keyed by dataset and architecture."""
 
 import dataclasses
+import os
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gan import data
+from gan import data, utils
 from gan.evaluation import classifiers
 
 
@@ -41,8 +43,13 @@ def test_cache_round_trip_and_reuse(tmp_path, monkeypatch):
   }
   classifier = classifiers.Classifier(module, variables, info)
   directory = tmp_path / "classifiers" / f"mnist-mnist_cnn-{classifiers.recipe_id('mnist_cnn')}"
+  killed = tmp_path / "classifiers" / f"{directory.name}.tmp999999999"  # a killed writer's
+  killed.mkdir(parents=True)
+  old = time.time() - utils.STALE_PARTIAL_SECONDS - 60
+  os.utime(killed, (old, old))
   classifiers.save(classifier, str(directory))
   assert len(classifier.info["weights_sha256"]) == 64
+  assert sorted(p.name for p in directory.parent.iterdir()) == [directory.name]
 
   def no_training(*args, **kwargs):
     raise AssertionError("a cached classifier must not be retrained")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gan import data
+from gan import data, utils
 
 # The prepared data: $TFDS_DATA_DIR, else ../shared beside the checkout (as in CI).
 SHARED = os.environ.get("TFDS_DATA_DIR") or os.path.join(
@@ -160,6 +160,20 @@ def test_the_split_cache_follows_the_dataset_files(tmp_path, monkeypatch, capsys
   (files / "dangling").symlink_to(tmp_path / "nowhere")
   assert [data.load("fake", "train", root).image.max() for _ in range(2)] == [9, 10]
   assert not list((tmp_path / "cache" / "data").glob("*.tmp"))
+
+
+def test_a_killed_writers_partial_file_is_removed_once_stale(tmp_path):
+  path = tmp_path / "entry.npz"
+  stale, live = tmp_path / "entry.npz.killed.tmp", tmp_path / "entry.npz.writing.tmp"
+  other = tmp_path / "other.npz.killed.tmp"  # another entry's: left to that entry's writes
+  for partial in (stale, live, other):
+    partial.write_bytes(b"half an npz")
+  old = time.time() - utils.STALE_PARTIAL_SECONDS - 60
+  for partial in (stale, other):
+    os.utime(partial, (old, old))
+  utils.save_npz(str(path), x=np.arange(3))
+  assert utils.load_npz(str(path), ("x",))["x"].tolist() == [0, 1, 2]
+  assert not stale.exists() and live.exists() and other.exists()
 
 
 def test_stacked_mnist_batches_stack_three_digits():

@@ -21,6 +21,7 @@ Measured (2-core CPU VM, jax 0.10.2): see `info.json` and the README results.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -275,6 +276,8 @@ def save(classifier: Classifier, directory: str) -> None:
   The temporary directory is this process's own, so processes filling the same
   cache at once (test workers, a sweep's evaluations) never write into each
   other's files; the last rename wins and every rename installs a whole copy.
+  Temporary directories a killed process left behind go once stale
+  (`gan.utils.remove_stale_partials`).
   """
   blob = serialization.to_bytes(classifier.variables)
   classifier.info["weights_sha256"] = hashlib.sha256(blob).hexdigest()
@@ -287,6 +290,7 @@ def save(classifier: Classifier, directory: str) -> None:
     json.dump(classifier.info, f, indent=2, sort_keys=True)
   shutil.rmtree(directory, ignore_errors=True)
   os.replace(tmp, directory)
+  utils.remove_stale_partials(f"{glob.escape(directory)}.tmp*")  # those of killed writers
 
 
 def load(directory: str, arch: str) -> Classifier:
