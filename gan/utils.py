@@ -40,7 +40,11 @@ def cache_root() -> str:
 
 
 def load_npz(path: str, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
-  """The arrays of a cached .npz, or None if it is absent, damaged or lacks one of `keys`."""
+  """The arrays of a cached .npz, or None if it is absent, damaged or lacks one of `keys`.
+
+  Also removes the folder's stale partial files (`save_npz`).
+  """
+  remove_stale_partials(os.path.join(glob.escape(os.path.dirname(path)), "*.tmp"))
   try:
     with np.load(path, allow_pickle=False) as f:
       if not set(keys) <= set(f.files):
@@ -53,9 +57,9 @@ def load_npz(path: str, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
 def save_npz(path: str, **arrays) -> None:
   """Writes an uncompressed .npz atomically: readers (other processes) never see half a file.
 
-  Raises OSError if it cannot; nothing is left behind then. Partial files of
-  writers that were killed (`<name>.*.tmp` untouched for `STALE_PARTIAL_SECONDS`)
-  are removed after a successful write.
+  Raises OSError if it cannot; nothing is left behind then. The partial files
+  (`<name>.*.tmp`) of writers that were killed are removed by the folder's next
+  `save_npz` or `load_npz` once untouched for `STALE_PARTIAL_SECONDS`.
   """
   folder, name = os.path.split(path)
   os.makedirs(folder, exist_ok=True)
@@ -68,7 +72,7 @@ def save_npz(path: str, **arrays) -> None:
   finally:
     if os.path.exists(partial):
       os.remove(partial)
-  remove_stale_partials(os.path.join(glob.escape(folder), f"{glob.escape(name)}.*.tmp"))
+  remove_stale_partials(os.path.join(glob.escape(folder), "*.tmp"))
 
 
 # A partial file nobody has written to for this long is a killed writer's, not a live one's

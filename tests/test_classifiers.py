@@ -1,16 +1,18 @@
 """Domain classifiers: architectures, and the on-disk cache keyed by dataset and architecture."""
 
+import concurrent.futures
 import dataclasses
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from gan import data, utils
-from gan.evaluation import classifiers
+from gan.evaluation import classifiers, evaluators
 
 
 def _num_params(module, shape):
@@ -49,7 +51,6 @@ def test_cache_round_trip_and_reuse(tmp_path, monkeypatch):
   os.utime(killed, (old, old))
   classifiers.save(classifier, str(directory))
   assert len(classifier.info["weights_sha256"]) == 64
-  assert sorted(p.name for p in directory.parent.iterdir()) == [directory.name]
 
   def no_training(*args, **kwargs):
     raise AssertionError("a cached classifier must not be retrained")
@@ -57,6 +58,7 @@ def test_cache_round_trip_and_reuse(tmp_path, monkeypatch):
   monkeypatch.setattr(classifiers, "train_on", no_training)
   loaded = classifiers.load_or_train("mnist", "mnist_cnn")
   assert loaded.info == classifier.info
+  assert not killed.exists() and directory.exists()  # the killed writer's, once stale
   assert classifiers.recipe_id("mnist_cnn") != classifiers.recipe_id("cifar_resnet20")
   images = np.random.default_rng(0).integers(0, 256, (7, 28, 28, 1), dtype=np.uint8)
   for a, b in zip(classifier(images, batch_size=4), loaded(images, batch_size=4), strict=True):
@@ -138,9 +140,74 @@ def test_classifier_of_other_training_data_is_retrained(tmp_path, monkeypatch):
   # Offline (the dataset not prepared) the cached classifier is used whatever it was trained on.
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "elsewhere"))
   assert classifiers.load_or_train("mnist", "mnist_cnn").info["train_data"] == _split(0).digest()
-  # An entry cached before digests were recorded is retrained once the data is there.
-  classifiers.save(classifiers.Classifier(module, variables, dict(info)), str(directory))
-  assert classifiers.load_or_train("mnist", "mnist_cnn").info.get("train_data") is None
+  # An entry cached before digests were recorded, trained on the TFDS train split, is
+  # adopted once the data is there: the current data's digest is recorded, the weights kept.
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  old_entry = classifiers.Classifier(
+      module, variables, info | {"train_split": "tfds mnist:train from x"}
+  )
+  classifiers.save(old_entry, str(directory))
+  adopted = classifiers.load_or_train("mnist", "mnist_cnn")
+  assert adopted.info["train_data"] == _split(1).digest()
+  assert adopted.info["weights_sha256"] == old_entry.info["weights_sha256"]
+  assert classifiers.load(str(directory), "mnist_cnn").info["train_data"] == _split(1).digest()
+  prepared["train"] = _split(0)
+  with pytest.raises(AssertionError, match="retrained"):  # from now on it is checked
+    classifiers.load_or_train("mnist", "mnist_cnn")
+  # A train split that cannot be read (an aborted `tfds build`): the cache is used, with a warning.
+
+  def unreadable(*args, **kwargs):
+    raise data.DatasetNotFoundError("no train split")
+
+  monkeypatch.setattr(data, "load", unreadable)
+  assert classifiers.load_or_train("mnist", "mnist_cnn").info["train_data"] == _split(1).digest()
+  # Damaged files are retrained, not an error.
+  (directory / "variables.msgpack").unlink()
   with pytest.raises(AssertionError, match="retrained"):
     classifiers.load_or_train("mnist", "mnist_cnn")
+
+
+def test_processes_missing_the_entry_at_once_train_it_once(tmp_path, monkeypatch):
+  """The entry's lock: the first trains, the others wait and load its copy."""
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # offline: no digest to compare
+  module = classifiers.MnistCNN()
+  variables = module.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28, 1)))
+  calls = []
+
+  def slow_training(dataset, arch, data_dir=None):
+    calls.append(arch)
+    time.sleep(1.0)  # long enough for the other thread to find the entry missing
+    return classifiers.Classifier(module, variables, {"dataset": "mnist", "arch": arch})
+
+  monkeypatch.setattr(classifiers, "train_on", slow_training)
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:  # each takes the lock by its own open()
+    found = list(pool.map(lambda _: classifiers.load_or_train("mnist", "mnist_cnn"), range(3)))
+  assert calls == ["mnist_cnn"]
+  assert len({c.info["weights_sha256"] for c in found}) == 1
+
+
+def test_reference_is_held_out_unless_it_is_the_training_data(monkeypatch):
+  """The protocol's held_out_reference compares the examples, not where they were read from."""
+  module = classifiers.MnistCNN()
+  variables = module.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28, 1)))
+  info = {
+      "dataset": "mnist",
+      "arch": "mnist_cnn",
+      "train_split": "tfds mnist:train from /here",
+      "train_data": _split(0).digest(),
+      "test_accuracy": 0.5,
+      "held_out_test": True,
+      "weights_sha256": "0" * 64,
+  }
+  classifier = classifiers.Classifier(module, variables, info)
+  monkeypatch.setattr(classifiers, "load_or_train", lambda *args: classifier)
+  config = ml_collections.ConfigDict({"dataset": "mnist", "data_dir": None})
+  for reference, held_out in [
+      (dataclasses.replace(_split(0), source="tfds mnist:train from /a/copy"), False),
+      (dataclasses.replace(_split(1), source="tfds mnist:train from /here"), True),
+  ]:
+    monkeypatch.setattr(data, "load", lambda *args, reference=reference: reference)
+    cfg = evaluators.settings("classifier", arch="mnist_cnn", split="train")
+    evaluator = evaluators.ClassifierEvaluator("mnist_cnn", cfg, config)
+    assert evaluator.protocol_base["held_out_reference"] is held_out

@@ -165,15 +165,17 @@ def test_the_split_cache_follows_the_dataset_files(tmp_path, monkeypatch, capsys
 def test_a_killed_writers_partial_file_is_removed_once_stale(tmp_path):
   path = tmp_path / "entry.npz"
   stale, live = tmp_path / "entry.npz.killed.tmp", tmp_path / "entry.npz.writing.tmp"
-  other = tmp_path / "other.npz.killed.tmp"  # another entry's: left to that entry's writes
+  other = tmp_path / "other.npz.killed.tmp"  # another entry's
   for partial in (stale, live, other):
     partial.write_bytes(b"half an npz")
   old = time.time() - utils.STALE_PARTIAL_SECONDS - 60
-  for partial in (stale, other):
-    os.utime(partial, (old, old))
+  os.utime(stale, (old, old))
   utils.save_npz(str(path), x=np.arange(3))
-  assert utils.load_npz(str(path), ("x",))["x"].tolist() == [0, 1, 2]
   assert not stale.exists() and live.exists() and other.exists()
+  # The usual case: the partial was new when the entry was written, and is stale by a later read.
+  os.utime(other, (old, old))
+  assert utils.load_npz(str(path), ("x",))["x"].tolist() == [0, 1, 2]
+  assert not other.exists() and live.exists()
 
 
 def test_stacked_mnist_batches_stack_three_digits():

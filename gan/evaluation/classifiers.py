@@ -10,8 +10,9 @@ Trained classifiers are cached under `<cache>/classifiers/<dataset>-<arch>-<reci
 weights' SHA-256 and a digest of the training images and labels);
 `<cache>` is `$JAXGAN_CACHE` or `~/.cache/jaxgan`. Where the dataset is
 prepared, a cached classifier trained on other data (a re-prepared dataset,
-the offline MNIST sample, or no digest recorded) is trained again; a copy of
-the same data elsewhere, on another host, matches. Train or refresh one with
+the offline MNIST sample) is trained again; a copy of the same data
+elsewhere, on another host, matches. One process trains a missing entry while
+the others wait for it (a lock file beside the entry). Train or refresh one with
 
   python -m gan.evaluation.classifiers --dataset mnist --arch mnist_cnn
 
@@ -20,7 +21,9 @@ Measured (2-core CPU VM, jax 0.10.2): see `info.json` and the README results.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import glob
 import hashlib
 import json
@@ -28,7 +31,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -273,11 +276,8 @@ def _directory(dataset: str, arch: str) -> str:
 def save(classifier: Classifier, directory: str) -> None:
   """Writes weights and info.json into a temporary directory, then renames it into place.
 
-  The temporary directory is this process's own, so processes filling the same
-  cache at once (test workers, a sweep's evaluations) never write into each
-  other's files; the last rename wins and every rename installs a whole copy.
-  Temporary directories a killed process left behind go once stale
-  (`gan.utils.remove_stale_partials`).
+  Callers hold the entry's lock (`_locked`), as `load_or_train` and the command
+  line do: the removal of the old entry and the rename are two steps.
   """
   blob = serialization.to_bytes(classifier.variables)
   classifier.info["weights_sha256"] = hashlib.sha256(blob).hexdigest()
@@ -290,7 +290,30 @@ def save(classifier: Classifier, directory: str) -> None:
     json.dump(classifier.info, f, indent=2, sort_keys=True)
   shutil.rmtree(directory, ignore_errors=True)
   os.replace(tmp, directory)
-  utils.remove_stale_partials(f"{glob.escape(directory)}.tmp*")  # those of killed writers
+
+
+def _save_info(info: dict[str, Any], directory: str) -> None:
+  """Replaces the entry's info.json in one rename (the caller holds the entry's lock)."""
+  tmp = os.path.join(directory, f"info.json.tmp{os.getpid()}")
+  with open(tmp, "w") as f:
+    json.dump(info, f, indent=2, sort_keys=True)
+  os.replace(tmp, os.path.join(directory, "info.json"))
+
+
+@contextlib.contextmanager
+def _locked(directory: str) -> Iterator[None]:
+  """Holds an exclusive lock on cache entry `directory` (`<directory>.lock` beside it).
+
+  Processes that find the entry missing or stale at once (test workers, the
+  seeds of a sweep) then train it once: the others wait and load that copy.
+  """
+  os.makedirs(os.path.dirname(directory), exist_ok=True)
+  with open(f"{directory}.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def load(directory: str, arch: str) -> Classifier:
@@ -310,21 +333,33 @@ def _input_shape(info: dict[str, Any]) -> tuple[int, int, int]:
   return (28, 28, 1) if info["dataset"] == "mnist" else (32, 32, 3)
 
 
-def _other_training_data(classifier: Classifier, dataset: str, data_dir: str | None) -> str | None:
+def _other_training_data(
+    classifier: Classifier, directory: str, dataset: str, data_dir: str | None
+) -> str | None:
   """Why the cached classifier does not fit the prepared train split; None if it does.
 
-  Offline (the dataset not prepared) any cached classifier fits: one trained on
-  the real data stays in use. One trained on the offline MNIST sample, or cached
-  before digests were recorded, is replaced once the real data is there.
+  Offline (the dataset not prepared, or its train split unreadable) any cached
+  classifier fits: one trained on the real data stays in use. One trained on
+  the offline MNIST sample is replaced once the real data is there. One cached
+  before digests were recorded (2026-12-03) but trained on the dataset's TFDS
+  train split is adopted, its digest recorded as the current data's, so runs
+  already scored by it stay comparable.
   """
   if not os.path.isdir(os.path.join(data_lib.resolve_data_dir(data_dir), dataset)):
     return None
   recorded = classifier.info.get("train_data")
-  trained_on = classifier.info.get("train_split")
+  trained_on = classifier.info.get("train_split", "")
+  if recorded is None and not trained_on.startswith(f"tfds {dataset}:train "):
+    return f"the cached classifier was trained on {trained_on}, not the prepared data"
+  try:
+    current = data_lib.load(dataset, "train", data_dir).digest()
+  except data_lib.DatasetNotFoundError as e:
+    print(f"warning: using the cached classifier unchecked: {e}", file=sys.stderr, flush=True)
+    return None
   if recorded is None:
-    return f"the cached classifier (trained on {trained_on}) records no digest of its data"
-  current = data_lib.load(dataset, "train", data_dir).digest()
-  if recorded != current:
+    classifier.info["train_data"] = current
+    _save_info(classifier.info, directory)
+  elif recorded != current:
     return (
         f"the cached classifier was trained on other data ({trained_on}; "
         f"digest {recorded}, the train split's {current})"
@@ -335,20 +370,23 @@ def _other_training_data(classifier: Classifier, dataset: str, data_dir: str | N
 def load_or_train(dataset: str, arch: str, data_dir: str | None = None) -> Classifier:
   """The cached classifier for (dataset, arch), training and caching it on first use."""
   directory = _directory(dataset, arch)
-  reason = f"no cached {arch} classifier for {dataset} in {directory}"
-  if os.path.exists(os.path.join(directory, "info.json")):
-    try:
-      classifier = load(directory, arch)
-    except ValueError as e:
-      reason = str(e)
-    else:
-      reason = _other_training_data(classifier, dataset, data_dir)
-      if reason is None:
-        return classifier
-  print(f"note: {reason}; training one (once; later runs reuse it)", file=sys.stderr, flush=True)
-  classifier = train_on(dataset, arch, data_dir)
-  save(classifier, directory)
-  return classifier
+  # Temporary directories and files of killed writers, once stale.
+  utils.remove_stale_partials(os.path.join(glob.escape(os.path.dirname(directory)), "*.tmp*"))
+  with _locked(directory):
+    reason = f"no cached {arch} classifier for {dataset} in {directory}"
+    if os.path.exists(os.path.join(directory, "info.json")):
+      try:
+        classifier = load(directory, arch)
+      except (ValueError, OSError) as e:  # damaged: a bad hash, unreadable or partial files
+        reason = f"the cached classifier is unusable ({e})"
+      else:
+        reason = _other_training_data(classifier, directory, dataset, data_dir)
+        if reason is None:
+          return classifier
+    print(f"note: {reason}; training one (once; later runs reuse it)", file=sys.stderr, flush=True)
+    classifier = train_on(dataset, arch, data_dir)
+    save(classifier, directory)
+    return classifier
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -361,9 +399,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   platform.configure_xla()  # before the first computation initialises the backend
-  classifier = train_on(args.dataset, args.arch, args.data_dir, args.seed)
   directory = _directory(args.dataset, args.arch)
-  save(classifier, directory)
+  with _locked(directory):
+    classifier = train_on(args.dataset, args.arch, args.data_dir, args.seed)
+    save(classifier, directory)
   print(json.dumps(classifier.info, indent=2, sort_keys=True))
   print(f"saved to {directory}")
 

@@ -96,6 +96,10 @@ class ClassifierEvaluator:
     reference = data_lib.load(dataset, cfg.split, config.data_dir)
     self.reference_logits, self.reference_features = self.classifier(reference.image)
     info = self.classifier.info
+    if info.get("train_data"):  # the same examples, wherever they were read from
+      trained_on_reference = reference.digest() == info["train_data"]
+    else:
+      trained_on_reference = reference.source == info["train_split"]
     self.protocol_base = {
         "extractor": f"{info['dataset']}-{info['arch']} classifier, penultimate features",
         "weights_sha256": info["weights_sha256"],
@@ -103,7 +107,7 @@ class ClassifierEvaluator:
         "num_reference": int(len(reference.image)),
         "reference_split": reference.source,
         # Held out only if the reference is not what the classifier was trained on.
-        "held_out_reference": info["held_out_test"] and reference.source != info["train_split"],
+        "held_out_reference": info["held_out_test"] and not trained_on_reference,
         "precision_recall": "Kynkaanniemi et al. 2019, k=3; density/coverage k=5",
         "seed": cfg.seed,
     }
