@@ -17,7 +17,12 @@ the classifier, and generated pairs (G(z, y_g), y_g) with balanced y_g:
 C's adversarial term is the score-function (REINFORCE) gradient of
 alpha E_{y ~ C(.|x)}[log(1 - D(x, y))], the paper's term, because y is
 discrete; b, the batch mean of log(1 - D), is a baseline that lowers the
-variance without changing the expected gradient. G uses the non-saturating
+variance without changing the expected gradient. (The paper's public MNIST
+code, x2y_yz2x_xy2p_ssl_mnist.py, differs: it labels C's unlabelled pairs by
+C's argmax, weighting C's -log D by the top class probability, or sums over
+every label weighted by C (its objective_flag), and its D also takes a second
+unlabelled batch, labelled by C's argmax, as real pairs. This module follows
+the paper's objective.) G uses the non-saturating
 form of its term (its 1 - alpha factor is dropped: Adam is invariant to a
 constant scale). The last two terms of L_C are regularisers of the paper's
 public code (weights 0.3 and 1e-3 there; 0 = off, the default): the mean
