@@ -45,6 +45,28 @@ def _release_compiled_programs():
   gc.collect()
 
 
+# The prepared TFDS data_dir: $TFDS_DATA_DIR, else ../shared beside the checkout (as in CI).
+TFDS_DATA_DIR = os.environ.get("TFDS_DATA_DIR") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "tensorflow_datasets"
+)
+
+
 def pytest_configure(config):
-  del config
   assert jax.device_count() == 4, "tests expect 4 simulated CPU devices"
+  config.addinivalue_line(
+      "markers",
+      "tfds(name): needs the prepared TFDS dataset `name` in TFDS_DATA_DIR; skipped without "
+      "it, failed without it when JAXGAN_TEST_REQUIRE_DATA=1 (as in CI)",
+  )
+
+
+def pytest_runtest_setup(item):
+  """Skips a `tfds` test whose dataset is not prepared, unless the data is required."""
+  for marker in item.iter_markers("tfds"):
+    (name,) = marker.args
+    if os.path.isdir(os.path.join(TFDS_DATA_DIR, name)):
+      continue
+    message = f"no prepared TFDS {name} in {TFDS_DATA_DIR} ($TFDS_DATA_DIR or ../shared)"
+    if os.environ.get("JAXGAN_TEST_REQUIRE_DATA") == "1":
+      pytest.fail(f"{message}, and JAXGAN_TEST_REQUIRE_DATA=1", pytrace=False)
+    pytest.skip(message)

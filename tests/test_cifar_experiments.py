@@ -12,6 +12,7 @@ after a simulated crash, reusing its compiled step.
 import os
 import shutil
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,13 +27,8 @@ from gan import step as step_lib
 from gan.checkpoint import Checkpointer
 from gan.evaluation import evaluators
 
-SHARED = os.environ.get("TFDS_DATA_DIR") or os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "tensorflow_datasets"
-)
-needs_cifar10 = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(SHARED, "cifar10")),
-    reason="no prepared TFDS cifar10 ($TFDS_DATA_DIR or ../shared/tensorflow_datasets)",
-)
+SHARED = conftest.TFDS_DATA_DIR
+needs_cifar10 = pytest.mark.tfds("cifar10")
 EXPERIMENTS = {m.__name__.split(".")[-1]: m for m in (cifar10, cifar10_dcgan, cifar10_cgan_pd)}
 
 # The smoke steps are tiny: compiling them fast matters, running them fast does not.

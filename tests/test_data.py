@@ -4,6 +4,7 @@ import functools
 import os
 import time
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,10 +12,7 @@ import pytest
 
 from gan import data, utils
 
-# The prepared data: $TFDS_DATA_DIR, else ../shared beside the checkout (as in CI).
-SHARED = os.environ.get("TFDS_DATA_DIR") or os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "tensorflow_datasets"
-)
+SHARED = conftest.TFDS_DATA_DIR
 
 
 def _toy_data(n: int = 40):
@@ -101,10 +99,7 @@ def test_missing_other_dataset_fails_fast_with_a_clear_message(tmp_path):
   assert time.monotonic() - start < 5
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(os.path.join(SHARED, "mnist")),
-    reason="no prepared TFDS data ($TFDS_DATA_DIR or ../shared/tensorflow_datasets)",
-)
+@pytest.mark.tfds("mnist")
 def test_reads_the_prepared_tfds_mnist_then_its_cached_copy(tmp_path, monkeypatch):
   monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path))  # an empty cache: TensorFlow reads
   split = data.load("mnist", "test", SHARED)

@@ -7,9 +7,9 @@ XLA optimisations off, which dominates their time.
 """
 
 import json
-import os
 
 import chex
+import conftest
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,13 +25,8 @@ from gan.semi import labels, triple_gan
 from gan.train import replicate, unreplicate
 from gan.utils import ConfigError
 
-SHARED = os.environ.get("TFDS_DATA_DIR") or os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "tensorflow_datasets"
-)
-needs_cifar10 = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(SHARED, "cifar10")),
-    reason="no prepared TFDS cifar10 ($TFDS_DATA_DIR or ../shared/tensorflow_datasets)",
-)
+SHARED = conftest.TFDS_DATA_DIR
+needs_cifar10 = pytest.mark.tfds("cifar10")
 
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")  # small programs: compile fast
