@@ -199,3 +199,24 @@ def test_reference_is_held_out_unless_it_is_the_training_data(monkeypatch):
     cfg = evaluators.settings("classifier", arch="mnist_cnn", split="train")
     evaluator = evaluators.ClassifierEvaluator("mnist_cnn", cfg, config)
     assert evaluator.protocol_base["held_out_reference"] is held_out
+
+
+def test_a_read_only_cache_is_used(tmp_path, monkeypatch, capsys):
+  """No lock file and no digest can be written: the cached classifier is used all the same."""
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  (tmp_path / "tfds" / "mnist").mkdir(parents=True)
+  monkeypatch.setattr(data, "load", lambda *args: _split(0))
+  info = {"dataset": "mnist", "arch": "mnist_cnn", "train_split": "tfds mnist:train from x"}
+  classifiers.save(_untrained(info), str(_entry(tmp_path / "cache")))  # from before digests
+
+  def read_only(path, mode="r", *args, **kwargs):  # the tests run as root: chmod would not do
+    if any(c in mode for c in "wax+"):
+      raise PermissionError(13, "Read-only file system", path)
+    return open(path, mode, *args, **kwargs)
+
+  monkeypatch.setattr(classifiers, "open", read_only, raising=False)
+  _forbid_training(monkeypatch)
+  assert classifiers.load_or_train("mnist", "mnist_cnn").info["train_data"] == _split(0).digest()
+  assert "could not record the data digest" in capsys.readouterr().err
+  assert not list((tmp_path / "cache" / "classifiers").glob("*.lock"))

@@ -307,8 +307,13 @@ def _locked(directory: str) -> Iterator[None]:
   Processes that find the entry missing or stale at once (test workers, the
   seeds of a sweep) then train it once: the others wait and load that copy.
   """
-  os.makedirs(os.path.dirname(directory), exist_ok=True)
-  with open(f"{directory}.lock", "a") as lock:
+  try:
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    lock = open(f"{directory}.lock", "a")  # noqa: SIM115  (held across the yield)
+  except OSError:  # a read-only cache: nothing will be written to it, so nothing to guard
+    yield
+    return
+  with lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
       yield
@@ -358,7 +363,10 @@ def _other_training_data(
     return None
   if recorded is None:
     classifier.info["train_data"] = current
-    _save_info(classifier.info, directory)
+    try:
+      _save_info(classifier.info, directory)
+    except OSError as e:  # a read-only cache: adopted for this process only
+      print(f"warning: could not record the data digest in {directory}: {e}", file=sys.stderr)
   elif recorded != current:
     return (
         f"the cached classifier was trained on other data ({trained_on}; "
