@@ -3,9 +3,11 @@
 tests/test_semi.py checks each loss function against hand-computed values, and
 that a step is the same on one device and several. Here one whole step runs,
 under pmap, with stand-in players simple enough that every loss it reports
-can be worked out independently in NumPy: which batch goes into which term,
-with which weight (alpha != 1/2, unlabelled_weight != 1, so swapped terms
-show), against the old or the new D.
+can be written out independently in the test: which batch goes into which
+term, with which weight (alpha != 1/2, unlabelled_weight != 1, so swapped
+terms show), against the old or the new D. The gradients of those written-out
+losses also fix each player's first update: with eps = 1 in Adam's
+denominator, its first step moves each parameter by -lr g / (|g| + 1).
 
 The stand-ins see an image only through its mean pixel m:
   G(z, y)   a constant image, tanh(level + 0.1 y) (y = 0 unconditional)
@@ -20,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.nn import log_softmax, softplus
 
 from experiments import mnist_improved_gan, mnist_triple_gan
 from gan import step as step_lib
@@ -87,24 +90,17 @@ class FeatureD(nn.Module):
     return features @ w + b
 
 
-# NumPy, float64: the independent side.
-def _softplus(x):
-  return np.logaddexp(0.0, x)
-
-
-def _log_softmax(logits):
-  return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-
-
+# The independent side: each loss written out in jax.numpy, as functions of the
+# players' parameters so that their gradients can be taken too.
 def _cross_entropy(logits, labels):
-  return -np.mean(_log_softmax(logits)[np.arange(len(labels)), labels])
+  return -jnp.mean(log_softmax(logits)[jnp.arange(len(labels)), labels])
 
 
 def _pixels(values):
   """uint8 images of constant value, and their mean pixel as the step sees it ([-1, 1])."""
   values = np.asarray(values, np.uint8)
   images = np.broadcast_to(values[:, None, None, None], (len(values), 28, 28, 1)).copy()
-  return images, values.astype(np.float64) * (2.0 / 255.0) - 1.0
+  return images, jnp.asarray(values, jnp.float32) * (2.0 / 255.0) - 1.0
 
 
 def _one_step(method, config, G, D, C, data, num_devices):
@@ -119,8 +115,27 @@ def _one_step(method, config, G, D, C, data, num_devices):
   return init, jax.device_get(unreplicate(p_state)), jax.device_get(unreplicate(metrics))
 
 
-def _params(tree):
-  return {k: np.asarray(v, np.float64) for k, v in tree.items()}
+def _check_values(metrics, expected):
+  for name, value in expected.items():
+    np.testing.assert_allclose(metrics[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
+
+
+def _with_proportional_steps(config):
+  """Adam with eps = 1 in its denominator: a first step of -lr g / (|g| + 1) per parameter,
+  which tells the gradient itself (with the usual eps ~ 0 it would be -lr sign(g))."""
+  for optim in config.optim.values():
+    optim.eps, optim.eps_root = 1.0, 0.0
+
+
+def _check_first_update(name, before, after, grads, optim):
+  for key in before:
+    g = np.asarray(grads[key], np.float64)
+    delta = np.asarray(after[key], np.float64) - np.asarray(before[key], np.float64)
+    expected = -optim.lr * g / (np.abs(g) + optim.eps)
+    assert np.max(np.abs(expected)) > 1e-2 * optim.lr, (name, key)  # a gradient to check
+    np.testing.assert_allclose(
+        delta, expected, rtol=1e-2, atol=1e-3 * optim.lr, err_msg=f"{name}.{key}"
+    )
 
 
 @pytest.mark.parametrize("num_devices", [1, 2])
@@ -132,6 +147,7 @@ def test_triple_gan_step_puts_its_terms_together(num_devices, monkeypatch):
   config.semi.entropy_weight, config.semi.balance_weight = 0.2, 0.05
   config.semi.adversarial_scale = 0.5
   config.semi.consistency_weight = 0.0
+  _with_proportional_steps(config)
   # Labels for unlabelled pairs are drawn from C; here C's most likely class, so the
   # expected values can name them (the step's code is otherwise untouched).
   monkeypatch.setattr(jax.random, "categorical", lambda key, logits: jnp.argmax(logits, -1))
@@ -147,58 +163,73 @@ def test_triple_gan_step_puts_its_terms_together(num_devices, monkeypatch):
   init, new, metrics = _one_step(
       triple_gan, config, StandInG(), PairD(), LinearC(), data, num_devices
   )
-  d0, d1, c0 = _params(init.d.params), _params(new.d.params), _params(init.c.params)
-  assert not np.allclose(d0["v"], d1["v"])  # D moved, and C and G met the moved D
-  level = float(init.g.params["level"])
+  g0, d0, c0 = init.g.params, init.d.params, init.c.params
+  d1 = new.d.params  # C and G play against the D of this step's update
   y_g = np.arange(K)  # balanced: example i of the global batch gets label i mod K
-  m_g = np.tanh(level + 0.1 * y_g)
 
-  def c_logits(m):
-    return c0["u"] + c0["B"] * m[:, None]
+  def m_g(g):
+    return jnp.tanh(g["level"] + 0.1 * y_g)
 
-  y_c = np.argmax(c_logits(m_u), axis=1)
-  top = np.sort(c_logits(m_u), axis=1)
+  def c_logits(c, m):
+    return c["u"] + c["B"] * m[:, None]
+
+  y_c = np.asarray(jnp.argmax(c_logits(c0, m_u), axis=1))
+  top = np.sort(c_logits(c0, m_u), axis=1)
   assert len(set(y_c)) > 2 and np.min(top[:, -1] - top[:, -2]) > 0.01  # several labels, no ties
-
   alpha, s, alpha_p = 0.3, 0.5, 0.7
-  d_loss = (
-      np.mean(_softplus(-(d0["w"] * m_l + d0["v"][y_l])))
-      + alpha * np.mean(_softplus(d0["w"] * m_u + d0["v"][y_c]))
-      + (1 - alpha) * np.mean(_softplus(d0["w"] * m_g + d0["v"][y_g]))
+
+  def d_loss(d):
+    return (
+        jnp.mean(softplus(-(d["w"] * m_l + d["v"][y_l])))
+        + alpha * jnp.mean(softplus(d["w"] * m_u + d["v"][y_c]))
+        + (1 - alpha) * jnp.mean(softplus(d["w"] * m_g(g0) + d["v"][y_g]))
+    )
+
+  def c_terms(c):
+    sup = _cross_entropy(c_logits(c, m_l), y_l)
+    cost = -softplus(d1["w"] * m_u + d1["v"][y_c])  # log(1 - D(x_u, y_c)), a constant for C
+    log_prob = log_softmax(c_logits(c, m_u))[jnp.arange(K), y_c]
+    adv = alpha * s * jnp.mean((cost - cost.mean()) * log_prob)  # REINFORCE's surrogate
+    pseudo = _cross_entropy(c_logits(c, m_g(g0)), y_g)  # R_P: C on G's images, G's labels
+    p_u = jax.nn.softmax(c_logits(c, m_u))
+    ent = -jnp.mean(jnp.sum(p_u * jnp.log(p_u), axis=1))
+    bal = -jnp.mean(jnp.log(p_u.mean(axis=0) + 1e-8))
+    total = sup + adv + alpha_p * pseudo + 0.2 * ent + 0.05 * bal
+    return total, {"sup": sup, "adv": adv, "pseudo": pseudo, "entropy": ent, "balance": bal}
+
+  def g_loss(g):
+    return jnp.mean(softplus(-(d1["w"] * m_g(g) + d1["v"][y_g])))
+
+  c_loss, c = c_terms(c0)
+  _check_values(
+      metrics,
+      {
+          "d/loss": d_loss(d0),
+          "c/loss_sup": c["sup"],
+          "c/loss_adv": c["adv"],
+          "c/loss_pseudo": c["pseudo"],
+          "c/entropy": c["entropy"],
+          "c/balance": c["balance"],
+          "c/loss": c_loss,
+          "c/pseudo_weight": alpha_p,
+          "g/loss": g_loss(g0),
+      },
   )
-  sup = _cross_entropy(c_logits(m_l), y_l)
-  cost = -_softplus(d1["w"] * m_u + d1["v"][y_c])  # log(1 - D(x_u, y_c)), with the new D
-  log_prob = _log_softmax(c_logits(m_u))[np.arange(K), y_c]
-  adv = alpha * s * np.mean((cost - cost.mean()) * log_prob)
-  pseudo = _cross_entropy(c_logits(m_g), y_g)  # R_P: C on G's images, G's labels
-  p_u = np.exp(_log_softmax(c_logits(m_u)))
-  ent = -np.mean(np.sum(p_u * np.log(p_u), axis=1))
-  bal = -np.mean(np.log(p_u.mean(axis=0) + 1e-8))
-  g_loss = np.mean(_softplus(-(d1["w"] * m_g + d1["v"][y_g])))
-  expected = {
-      "d/loss": d_loss,
-      "c/loss_sup": sup,
-      "c/loss_adv": adv,
-      "c/loss_pseudo": pseudo,
-      "c/entropy": ent,
-      "c/balance": bal,
-      "c/loss": sup + adv + alpha_p * pseudo + 0.2 * ent + 0.05 * bal,
-      "c/pseudo_weight": alpha_p,
-      "g/loss": g_loss,
-  }
-  for name, value in expected.items():
-    np.testing.assert_allclose(metrics[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
-  assert abs(adv) > 1e-3  # not vacuous
-  for player in ("g", "d", "c"):
-    assert metrics[f"{player}/grad_norm"] > 0
+  assert abs(c["adv"]) > 1e-3  # not vacuous
+  _check_first_update("d", d0, d1, jax.grad(d_loss)(d0), config.optim.d)
+  _check_first_update("c", c0, new.c.params, jax.grad(lambda c: c_terms(c)[0])(c0), config.optim.c)
+  _check_first_update("g", g0, new.g.params, jax.grad(g_loss)(g0), config.optim.g)
 
 
-@pytest.mark.parametrize("num_devices", [1, 2])
-def test_improved_gan_step_puts_its_terms_together(num_devices):
+# Two devices check the step's device-count independence with these stand-ins only for
+# Triple-GAN: Improved-GAN's batches here are identical images, so per-device means equal
+# global ones (test_semi.py's several-devices test covers its cross-device averages).
+def test_improved_gan_step_puts_its_terms_together():
   config = mnist_improved_gan.get_config("smoke")
   config.batch_size = K
   config.semi.init_batch = K
   config.semi.unlabelled_weight = 0.6
+  _with_proportional_steps(config)
   unlabelled, m_u = _pixels(np.full(K, 180))  # identical: G's real batch is drawn at random
   labelled, m_l = _pixels(np.linspace(230, 10, K))
   y_l = np.arange(K, dtype=np.int32)[::-1].copy()  # D starts right on 2 of them
@@ -208,38 +239,45 @@ def test_improved_gan_step_puts_its_terms_together(num_devices):
       "labelled_image": labelled,
       "labelled_label": y_l,
   }
-  init, new, metrics = _one_step(
-      improved_gan, config, StandInG(), FeatureD(), None, data, num_devices
-  )
-  d0, d1 = _params(init.d.params), _params(new.d.params)
-  assert not np.allclose(d0["s"], d1["s"])
-  m_g = np.full(K, np.tanh(float(init.g.params["level"])))
+  init, new, metrics = _one_step(improved_gan, config, StandInG(), FeatureD(), None, data, 1)
+  g0, d0, d1 = init.g.params, init.d.params, new.d.params
+
+  def m_g(g):
+    return jnp.full(K, jnp.tanh(g["level"]))
 
   def features(d, m):
-    return np.stack([d["s"] * m, m**2], axis=-1)
+    return jnp.stack([d["s"] * m, m**2], axis=-1)
 
   def logits(d, m):
     return features(d, m) @ d["W"] + d["b"]
 
   def lse(x):
-    return np.logaddexp.reduce(x, axis=-1)
+    return jax.nn.logsumexp(x, axis=-1)
 
-  sup = _cross_entropy(logits(d0, m_l), y_l)
-  # The fake class's logit is fixed at 0: D(x) = Z / (Z + 1), its logit lse(l(x)).
-  unsup = 0.5 * np.mean(_softplus(-lse(logits(d0, m_u)))) + 0.5 * np.mean(
-      _softplus(lse(logits(d0, m_g)))
+  def d_terms(d):
+    sup = _cross_entropy(logits(d, m_l), y_l)
+    # The fake class's logit is fixed at 0: D(x) = Z / (Z + 1), its logit lse(l(x)).
+    unsup = 0.5 * jnp.mean(softplus(-lse(logits(d, m_u)))) + 0.5 * jnp.mean(
+        softplus(lse(logits(d, m_g(g0))))
+    )
+    return sup + 0.6 * unsup, (sup, unsup)
+
+  def g_loss(g):  # feature matching on the new D's last hidden layer: unlabelled against G's
+    return jnp.mean((features(d1, m_u).mean(0) - features(d1, m_g(g)).mean(0)) ** 2)
+
+  d_loss, (sup, unsup) = d_terms(d0)
+  _check_values(
+      metrics,
+      {
+          "d/loss_sup": sup,
+          "d/loss_unsup": unsup,
+          "d/loss": d_loss,
+          "g/loss": g_loss(g0),
+          "d/train_acc": jnp.mean(jnp.argmax(logits(d0, m_l), 1) == y_l),
+      },
   )
-  # Feature matching on the new D's last hidden layer: unlabelled images against G's.
-  fm = np.mean((features(d1, m_u).mean(0) - features(d1, m_g).mean(0)) ** 2)
-  expected = {
-      "d/loss_sup": sup,
-      "d/loss_unsup": unsup,
-      "d/loss": sup + 0.6 * unsup,
-      "g/loss": fm,
-      "d/train_acc": np.mean(np.argmax(logits(d0, m_l), 1) == y_l),
-  }
-  for name, value in expected.items():
-    np.testing.assert_allclose(metrics[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
   assert 0 < metrics["d/train_acc"] < 1
+  _check_first_update("d", d0, d1, jax.grad(lambda d: d_terms(d)[0])(d0), config.optim.d)
+  _check_first_update("g", g0, new.g.params, jax.grad(g_loss)(g0), config.optim.g)
   # The classifier's EMA starts from D and moves toward the new D.
   assert not np.allclose(np.asarray(new.c_ema["s"]), d0["s"])
