@@ -56,7 +56,7 @@ def pytest_configure(config):
   config.addinivalue_line(
       "markers",
       "tfds(name): needs the prepared TFDS dataset `name` in TFDS_DATA_DIR; skipped without "
-      "it, failed without it when JAXGAN_TEST_REQUIRE_DATA=1 (as in CI)",
+      "it, an error without it when JAXGAN_TEST_REQUIRE_DATA=1 (as in CI)",
   )
 
 

@@ -2,7 +2,8 @@
 
 The end-to-end runs read real CIFAR-10 training images once (from
 $TFDS_DATA_DIR, else ../shared/tensorflow_datasets beside the checkout, as in
-CI) and are skipped without them. Tracing and compiling the real steps, even at
+CI) and are skipped without them (an error with JAXGAN_TEST_REQUIRE_DATA=1,
+as in CI). Tracing and compiling the real steps, even at
 tiny widths, is most of their time, so each config trains once: the
 conditional one in bfloat16 (mixed precision end to end), the standard CNN in
 float32, and `experiments/cifar10.py` (the issue's done-when) also resumes

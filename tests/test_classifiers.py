@@ -159,7 +159,7 @@ def test_classifier_of_other_training_data_is_retrained(tmp_path, monkeypatch):
     classifiers.load_or_train("mnist", "mnist_cnn")
 
 
-def test_processes_missing_the_entry_at_once_train_it_once(tmp_path, monkeypatch):
+def test_processes_missing_the_entry_at_once_train_it_once(tmp_path, monkeypatch, capsys):
   """The entry's lock: the first trains, the others wait and load its copy."""
   monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # offline: no digest to compare
@@ -175,6 +175,21 @@ def test_processes_missing_the_entry_at_once_train_it_once(tmp_path, monkeypatch
     found = list(pool.map(lambda _: classifiers.load_or_train("mnist", "mnist_cnn"), range(3)))
   assert calls == ["mnist_cnn"]
   assert len({c.info["weights_sha256"] for c in found}) == 1
+  assert "waiting for another process" in capsys.readouterr().err  # the others say so
+
+
+def test_a_filesystem_without_locks_goes_on_without(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+
+  def no_flock(*args):
+    raise OSError(38, "Function not implemented")  # e.g. Lustre mounted without flock
+
+  monkeypatch.setattr(classifiers.fcntl, "flock", no_flock)
+  monkeypatch.setattr(classifiers, "train_on", lambda *args: _untrained({"arch": "mnist_cnn"}))
+  assert classifiers.load_or_train("mnist", "mnist_cnn").info["arch"] == "mnist_cnn"
+  assert "cannot lock" in capsys.readouterr().err
+  assert (_entry(tmp_path / "cache") / "info.json").exists()
 
 
 def test_reference_is_held_out_unless_it_is_the_training_data(monkeypatch):
@@ -209,6 +224,8 @@ def test_a_read_only_cache_is_used(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(data, "load", lambda *args: _split(0))
   info = {"dataset": "mnist", "arch": "mnist_cnn", "train_split": "tfds mnist:train from x"}
   classifiers.save(_untrained(info), str(_entry(tmp_path / "cache")))  # from before digests
+  other = info | {"train_data": _split(1).digest()}  # trained on other data
+  classifiers.save(_untrained(other), str(_entry(tmp_path / "other_cache")))
 
   def read_only(path, mode="r", *args, **kwargs):  # the tests run as root: chmod would not do
     if any(c in mode for c in "wax+"):
@@ -220,3 +237,8 @@ def test_a_read_only_cache_is_used(tmp_path, monkeypatch, capsys):
   assert classifiers.load_or_train("mnist", "mnist_cnn").info["train_data"] == _split(0).digest()
   assert "could not record the data digest" in capsys.readouterr().err
   assert not list((tmp_path / "cache" / "classifiers").glob("*.lock"))
+  # Trained on other data: retrained, and kept by this process though it cannot be cached.
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "other_cache"))
+  monkeypatch.setattr(classifiers, "train_on", lambda *args: _untrained(info | {"retrained": 1}))
+  assert classifiers.load_or_train("mnist", "mnist_cnn").info["retrained"] == 1
+  assert "could not cache the classifier" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 The end-to-end runs read 1,024 real CIFAR-10 training and 200 test images
 once (from $TFDS_DATA_DIR, else ../shared/tensorflow_datasets beside the
-checkout, as in CI) and are skipped without them; steps compile with most
+checkout, as in CI) and are skipped without them (an error with
+JAXGAN_TEST_REQUIRE_DATA=1, as in CI); steps compile with most
 XLA optimisations off, which dominates their time.
 """
 

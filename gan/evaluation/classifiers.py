@@ -309,16 +309,27 @@ def _locked(directory: str) -> Iterator[None]:
   """
   try:
     os.makedirs(os.path.dirname(directory), exist_ok=True)
-    lock = open(f"{directory}.lock", "a")  # noqa: SIM115  (held across the yield)
+    lock = open(f"{directory}.lock", "a")  # noqa: SIM115  (closed by the `with` below)
   except OSError:  # a read-only cache: nothing will be written to it, so nothing to guard
+    lock = None
+  if lock is None:
     yield
     return
   with lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+    locked = True
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # held: another process is training or checking the entry
+      print(f"note: waiting for another process using {directory}", file=sys.stderr, flush=True)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError as e:  # e.g. a cluster filesystem mounted without flock support
+      print(f"warning: cannot lock {lock.name} ({e}); going on without", file=sys.stderr)
+      locked = False
     try:
       yield
     finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
+      if locked:
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def load(directory: str, arch: str) -> Classifier:
@@ -393,7 +404,10 @@ def load_or_train(dataset: str, arch: str, data_dir: str | None = None) -> Class
           return classifier
     print(f"note: {reason}; training one (once; later runs reuse it)", file=sys.stderr, flush=True)
     classifier = train_on(dataset, arch, data_dir)
-    save(classifier, directory)
+    try:
+      save(classifier, directory)
+    except OSError as e:  # a read-only cache: this process keeps what it trained
+      print(f"warning: could not cache the classifier in {directory}: {e}", file=sys.stderr)
     return classifier
 
 
