@@ -11,8 +11,9 @@ denominator, its first step moves each parameter by -lr g / (|g| + 1).
 
 The stand-ins see an image only through its mean pixel m:
   G(z, y)   a constant image, tanh(level + 0.1 y) (y = 0 unconditional)
-  D(x, y)   Triple-GAN's pair discriminator: w m + v[y]
-  C(x)      Triple-GAN's classifier: logits u + B m
+  D(x, y)   Triple-GAN's pair discriminator: w t + v[y]
+  C(x)      Triple-GAN's classifier: logits u + B t
+            where t = m, or with a shared trunk t = a m, `a` the trunk's one parameter
   D(x)      Improved-GAN's K-class discriminator: features f = (s m, m^2),
             logits f W + b
 """
@@ -26,6 +27,7 @@ from jax.nn import log_softmax, softplus
 
 from experiments import mnist_improved_gan, mnist_triple_gan
 from gan import step as step_lib
+from gan.models import shared_trunk
 from gan.semi import improved_gan, triple_gan
 from gan.train import replicate, unreplicate
 
@@ -54,24 +56,38 @@ class StandInG(nn.Module):
     return jnp.broadcast_to(value[:, None, None, None], (z.shape[0], 28, 28, 1))
 
 
+class Trunk(nn.Module):
+
+  @nn.compact
+  def __call__(self, m):
+    return self.param("a", _constant(1.3), ()) * m
+
+
+def _trunk(module, x):
+  m = _mean_pixel(x)
+  return Trunk(name=shared_trunk.TRUNK)(m) if module.shared else m
+
+
 class PairD(nn.Module):
   axis_name: str | None = None
+  shared: bool = False
 
   @nn.compact
   def __call__(self, x, train=True, y=None):
     w = self.param("w", _constant(0.5), ())
     v = self.param("v", _constant(np.linspace(-0.5, 0.5, K)), (K,))
-    return w * _mean_pixel(x) + v[y]
+    return w * _trunk(self, x) + v[y]
 
 
 class LinearC(nn.Module):
   axis_name: str | None = None
+  shared: bool = False
 
   @nn.compact
   def __call__(self, x, train=True):
     u = self.param("u", _constant([0.3, -0.2, 0.5, 0.1, -0.4, 0.0, 0.2, -0.1, 0.4, -0.3]), (K,))
     b = self.param("B", _constant(np.linspace(-1.5, 1.5, K)), (K,))
-    return u + b * _mean_pixel(x)[:, None]
+    return u + b * _trunk(self, x)[:, None]
 
 
 class FeatureD(nn.Module):
@@ -128,19 +144,26 @@ def _with_proportional_steps(config):
 
 
 def _check_first_update(name, before, after, grads, optim):
-  for key in before:
-    g = np.asarray(grads[key], np.float64)
-    delta = np.asarray(after[key], np.float64) - np.asarray(before[key], np.float64)
+  assert jax.tree.structure(before) == jax.tree.structure(grads), name
+  flat = jax.tree_util.tree_leaves_with_path
+  for (path, b), a, g in zip(
+      flat(before), jax.tree.leaves(after), jax.tree.leaves(grads), strict=True
+  ):
+    key = f"{name}{jax.tree_util.keystr(path)}"
+    g = np.asarray(g, np.float64)
+    delta = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     expected = -optim.lr * g / (np.abs(g) + optim.eps)
-    assert np.max(np.abs(expected)) > 1e-2 * optim.lr, (name, key)  # a gradient to check
-    np.testing.assert_allclose(
-        delta, expected, rtol=1e-2, atol=1e-3 * optim.lr, err_msg=f"{name}.{key}"
-    )
+    assert np.max(np.abs(expected)) > 1e-2 * optim.lr, key  # a gradient to check
+    np.testing.assert_allclose(delta, expected, rtol=1e-2, atol=1e-3 * optim.lr, err_msg=key)
 
 
-@pytest.mark.parametrize("num_devices", [1, 2])
-def test_triple_gan_step_puts_its_terms_together(num_devices, monkeypatch):
+# With a shared trunk (`semi.shared_trunk`, the CIFAR-10 shared-trunk experiment) the trunk
+# lives in C's state; D's passes use C's current trunk, and the trunk's update takes L_C's
+# gradient plus trunk_d_weight times L_D's. C's adversarial term is on here too.
+@pytest.mark.parametrize("num_devices, shared", [(1, False), (2, False), (2, True)])
+def test_triple_gan_step_puts_its_terms_together(num_devices, shared, monkeypatch):
   config = mnist_triple_gan.get_config("smoke")
+  config.semi.shared_trunk, config.semi.trunk_d_weight = shared, 0.4
   config.batch_size = K  # one batch is the whole training split and the whole labelled subset
   config.semi.init_batch = K
   config.semi.alpha, config.semi.alpha_p, config.semi.pseudo_start_step = 0.3, 0.7, 0
@@ -148,6 +171,7 @@ def test_triple_gan_step_puts_its_terms_together(num_devices, monkeypatch):
   config.semi.adversarial_scale = 0.5
   config.semi.consistency_weight = 0.0
   _with_proportional_steps(config)
+  config.optim.d.lr = config.optim.c.lr = 0.05  # the new D and C differ clearly from the old
   # Labels for unlabelled pairs are drawn from C; here C's most likely class, so the
   # expected values can name them (the step's code is otherwise untouched).
   monkeypatch.setattr(jax.random, "categorical", lambda key, logits: jnp.argmax(logits, -1))
@@ -161,33 +185,47 @@ def test_triple_gan_step_puts_its_terms_together(num_devices, monkeypatch):
       "labelled_label": y_l,
   }
   init, new, metrics = _one_step(
-      triple_gan, config, StandInG(), PairD(), LinearC(), data, num_devices
+      triple_gan,
+      config,
+      StandInG(),
+      PairD(shared=shared),
+      LinearC(shared=shared),
+      data,
+      num_devices,
   )
-  g0, d0, c0 = init.g.params, init.d.params, init.c.params
+  g0, d0, c0, c1 = init.g.params, init.d.params, init.c.params, new.c.params
   d1 = new.d.params  # C and G play against the D of this step's update
+  assert ("trunk" in c0, "trunk" in d0) == (shared, False)  # the one copy is in C's state
   y_g = np.arange(K)  # balanced: example i of the global batch gets label i mod K
 
   def m_g(g):
     return jnp.tanh(g["level"] + 0.1 * y_g)
 
+  def t(c, m):  # the trunk's output; D's passes use C's trunk
+    return c["trunk"]["a"] * m if shared else m
+
   def c_logits(c, m):
-    return c["u"] + c["B"] * m[:, None]
+    return c["u"] + c["B"] * t(c, m)[:, None]
+
+  def d_logits(d, c, m, y):
+    return d["w"] * t(c, m) + d["v"][y]
 
   y_c = np.asarray(jnp.argmax(c_logits(c0, m_u), axis=1))
   top = np.sort(c_logits(c0, m_u), axis=1)
   assert len(set(y_c)) > 2 and np.min(top[:, -1] - top[:, -2]) > 0.01  # several labels, no ties
   alpha, s, alpha_p = 0.3, 0.5, 0.7
 
-  def d_loss(d):
+  def d_loss(d, c=c0):
     return (
-        jnp.mean(softplus(-(d["w"] * m_l + d["v"][y_l])))
-        + alpha * jnp.mean(softplus(d["w"] * m_u + d["v"][y_c]))
-        + (1 - alpha) * jnp.mean(softplus(d["w"] * m_g(g0) + d["v"][y_g]))
+        jnp.mean(softplus(-d_logits(d, c, m_l, y_l)))
+        + alpha * jnp.mean(softplus(d_logits(d, c, m_u, y_c)))
+        + (1 - alpha) * jnp.mean(softplus(d_logits(d, c, m_g(g0), y_g)))
     )
 
   def c_terms(c):
     sup = _cross_entropy(c_logits(c, m_l), y_l)
-    cost = -softplus(d1["w"] * m_u + d1["v"][y_c])  # log(1 - D(x_u, y_c)), a constant for C
+    # log(1 - D(x_u, y_c)) with the new D on the old trunk: a constant for C
+    cost = -softplus(d_logits(d1, c0, m_u, y_c))
     log_prob = log_softmax(c_logits(c, m_u))[jnp.arange(K), y_c]
     adv = alpha * s * jnp.mean((cost - cost.mean()) * log_prob)  # REINFORCE's surrogate
     pseudo = _cross_entropy(c_logits(c, m_g(g0)), y_g)  # R_P: C on G's images, G's labels
@@ -197,8 +235,8 @@ def test_triple_gan_step_puts_its_terms_together(num_devices, monkeypatch):
     total = sup + adv + alpha_p * pseudo + 0.2 * ent + 0.05 * bal
     return total, {"sup": sup, "adv": adv, "pseudo": pseudo, "entropy": ent, "balance": bal}
 
-  def g_loss(g):
-    return jnp.mean(softplus(-(d1["w"] * m_g(g) + d1["v"][y_g])))
+  def g_loss(g):  # against the new D head on C's new trunk
+    return jnp.mean(softplus(-d_logits(d1, c1, m_g(g), y_g)))
 
   c_loss, c = c_terms(c0)
   _check_values(
@@ -217,7 +255,12 @@ def test_triple_gan_step_puts_its_terms_together(num_devices, monkeypatch):
   )
   assert abs(c["adv"]) > 1e-3  # not vacuous
   _check_first_update("d", d0, d1, jax.grad(d_loss)(d0), config.optim.d)
-  _check_first_update("c", c0, new.c.params, jax.grad(lambda c: c_terms(c)[0])(c0), config.optim.c)
+  c_grads = jax.grad(lambda c: c_terms(c)[0])(c0)
+  if shared:  # L_D's gradient on the trunk, weighted; none on C's head
+    trunk_grads = jax.grad(d_loss, argnums=1)(d0, c0)
+    assert abs(trunk_grads["trunk"]["a"]) > 1e-3 and abs(trunk_grads["u"]).max() == 0
+    c_grads = jax.tree.map(lambda a, b: a + 0.4 * b, c_grads, trunk_grads)
+  _check_first_update("c", c0, c1, c_grads, config.optim.c)
   _check_first_update("g", g0, new.g.params, jax.grad(g_loss)(g0), config.optim.g)
 
 
