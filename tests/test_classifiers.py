@@ -143,6 +143,8 @@ def test_classifier_of_other_training_data_is_retrained(tmp_path, monkeypatch):
   assert adopted.info["train_data"] == _split(1).digest()
   assert adopted.info["weights_sha256"] == old_entry.info["weights_sha256"]
   assert classifiers.load(str(directory), "mnist_cnn").info["train_data"] == _split(1).digest()
+  assert sorted(os.listdir(directory)) == ["info.json", "variables.msgpack"]  # nothing partial
+  assert not list(directory.parent.glob("*.tmp*"))
   prepared["train"] = _split(0)
   with pytest.raises(AssertionError, match="retrained"):  # from now on it is checked
     classifiers.load_or_train("mnist", "mnist_cnn")

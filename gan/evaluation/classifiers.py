@@ -286,17 +286,24 @@ def save(classifier: Classifier, directory: str) -> None:
   os.makedirs(tmp)
   with open(os.path.join(tmp, "variables.msgpack"), "wb") as f:
     f.write(blob)
-  with open(os.path.join(tmp, "info.json"), "w") as f:
-    json.dump(classifier.info, f, indent=2, sort_keys=True)
+  _write_info(classifier.info, os.path.join(tmp, "info.json"))
   shutil.rmtree(directory, ignore_errors=True)
   os.replace(tmp, directory)
 
 
-def _save_info(info: dict[str, Any], directory: str) -> None:
-  """Replaces the entry's info.json in one rename (the caller holds the entry's lock)."""
-  tmp = os.path.join(directory, f"info.json.tmp{os.getpid()}")
-  with open(tmp, "w") as f:
+def _write_info(info: dict[str, Any], path: str) -> None:
+  with open(path, "w") as f:
     json.dump(info, f, indent=2, sort_keys=True)
+
+
+def _save_info(info: dict[str, Any], directory: str) -> None:
+  """Replaces the entry's info.json in one rename (the caller holds the entry's lock).
+
+  The partial file sits beside the entry, not in it, where `load_or_train`
+  sweeps the partials of killed writers.
+  """
+  tmp = f"{directory}.info.json.tmp{os.getpid()}"
+  _write_info(info, tmp)
   os.replace(tmp, os.path.join(directory, "info.json"))
 
 
