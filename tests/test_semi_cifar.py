@@ -230,6 +230,14 @@ def test_smoke_config_trains_on_real_cifar10_and_reports_test_error(
   result = json.loads((tmp_path / "eval.json").read_text())
   assert result["step"] == 2 and 0.0 <= result["test_error"] <= 1.0
   assert result["classifier"]["protocol"]["num_examples"] == 200
+  # The score is C's EMA (with C's running statistics and whitening) on the test images.
+  C = models.build_classifier(config.model, axis_name=None)
+  test = cifar10_splits["test"]
+  x = test.image.astype(np.float32) * (2.0 / 255.0) - 1.0
+  variables = {"params": final.c_ema, "batch_stats": final.c.batch_stats}
+  errors = int(np.sum(np.argmax(C.apply(variables, x, train=False), -1) != test.label))
+  assert result["classifier"]["test_errors"] == errors
+  assert result["test_error"] == pytest.approx(errors / 200)
   assert result["labels"]["num_labelled"] == 20
   assert np.isfinite(jax.tree.leaves(final.c_ema)[0]).all()
   if config.semi.get("zca"):  # the whitening fitted at the start travels with C's state
