@@ -65,14 +65,18 @@ def test_cache_round_trip_and_reuse(tmp_path, monkeypatch):
   killed = tmp_path / "classifiers" / f"{directory.name}.tmp999999999"  # a killed writer's
   killed.mkdir(parents=True)
   old = time.time() - utils.STALE_PARTIAL_SECONDS - 60
-  os.utime(killed, (old, old))
+  killed_adoption = tmp_path / "classifiers" / f"{directory.name}.info.json.tmp999999999"
+  killed_adoption.write_text("{")
+  for partial in (killed, killed_adoption):
+    os.utime(partial, (old, old))
   classifiers.save(classifier, str(directory))
   assert len(classifier.info["weights_sha256"]) == 64
 
   _forbid_training(monkeypatch)
   loaded = classifiers.load_or_train("mnist", "mnist_cnn")
   assert loaded.info == classifier.info
-  assert not killed.exists() and directory.exists()  # the killed writer's, once stale
+  assert not killed.exists() and directory.exists()  # the killed writers', once stale
+  assert not killed_adoption.exists()
   assert classifiers.recipe_id("mnist_cnn") != classifiers.recipe_id("cifar_resnet20")
   images = np.random.default_rng(0).integers(0, 256, (7, 28, 28, 1), dtype=np.uint8)
   for a, b in zip(classifier(images, batch_size=4), loaded(images, batch_size=4), strict=True):

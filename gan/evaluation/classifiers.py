@@ -303,8 +303,13 @@ def _save_info(info: dict[str, Any], directory: str) -> None:
   sweeps the partials of killed writers.
   """
   tmp = f"{directory}.info.json.tmp{os.getpid()}"
-  _write_info(info, tmp)
-  os.replace(tmp, os.path.join(directory, "info.json"))
+  try:
+    _write_info(info, tmp)
+    os.replace(tmp, os.path.join(directory, "info.json"))
+  except OSError:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 @contextlib.contextmanager
