@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -9,7 +10,8 @@ import sys
 import tempfile
 import time
 import zipfile
-from typing import NoReturn
+from collections.abc import Iterator
+from typing import IO, NoReturn
 
 import numpy as np
 
@@ -61,18 +63,31 @@ def save_npz(path: str, **arrays) -> None:
   (`<name>.*.tmp`) of writers that were killed are removed by the folder's next
   `save_npz` or `load_npz` once untouched for `STALE_PARTIAL_SECONDS`.
   """
-  folder, name = os.path.split(path)
+  folder = os.path.dirname(path)
   os.makedirs(folder, exist_ok=True)
-  handle, partial = tempfile.mkstemp(dir=folder, prefix=f"{name}.", suffix=".tmp")
+  with replacing(path, "wb") as f:
+    np.savez(f, **arrays)
+  remove_stale_partials(os.path.join(glob.escape(folder), "*.tmp"))
+
+
+@contextlib.contextmanager
+def replacing(path: str, mode: str = "w", partial: str | None = None) -> Iterator[IO]:
+  """A file to write that replaces `path` in one rename when the block ends without error.
+
+  It is written as `<partial>.<random>.tmp` (`partial` defaults to `path`; it must be on
+  the same filesystem), so readers never see half a file; after an error nothing is left
+  behind. A killed writer's partial stays for its folder's `remove_stale_partials`.
+  """
+  folder, prefix = os.path.split(partial or path)
+  handle, written = tempfile.mkstemp(dir=folder, prefix=f"{prefix}.", suffix=".tmp")
   try:
     os.fchmod(handle, 0o644)  # readable like a file open() makes, not mkstemp's 0600
-    with os.fdopen(handle, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(partial, path)
+    with os.fdopen(handle, mode) as f:
+      yield f
+    os.replace(written, path)
   finally:
-    if os.path.exists(partial):
-      os.remove(partial)
-  remove_stale_partials(os.path.join(glob.escape(folder), "*.tmp"))
+    if os.path.exists(written):
+      os.remove(written)
 
 
 # A partial file nobody has written to for this long is a killed writer's, not a live one's

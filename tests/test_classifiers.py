@@ -238,7 +238,11 @@ def test_a_read_only_cache_is_used(tmp_path, monkeypatch, capsys):
       raise PermissionError(13, "Read-only file system", path)
     return open(path, mode, *args, **kwargs)
 
+  def no_new_files(*args, **kwargs):
+    raise PermissionError(13, "Read-only file system", kwargs.get("dir"))
+
   monkeypatch.setattr(classifiers, "open", read_only, raising=False)
+  monkeypatch.setattr(utils.tempfile, "mkstemp", no_new_files)  # utils.replacing's partials
   _forbid_training(monkeypatch)
   assert classifiers.load_or_train("mnist", "mnist_cnn").info["train_data"] == _split(0).digest()
   assert "could not record the data digest" in capsys.readouterr().err

@@ -32,7 +32,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 import flax.linen as nn
 import jax
@@ -286,14 +286,14 @@ def save(classifier: Classifier, directory: str) -> None:
   os.makedirs(tmp)
   with open(os.path.join(tmp, "variables.msgpack"), "wb") as f:
     f.write(blob)
-  _write_info(classifier.info, os.path.join(tmp, "info.json"))
+  with open(os.path.join(tmp, "info.json"), "w") as f:
+    _dump_info(classifier.info, f)
   shutil.rmtree(directory, ignore_errors=True)
   os.replace(tmp, directory)
 
 
-def _write_info(info: dict[str, Any], path: str) -> None:
-  with open(path, "w") as f:
-    json.dump(info, f, indent=2, sort_keys=True)
+def _dump_info(info: dict[str, Any], f: IO[str]) -> None:
+  json.dump(info, f, indent=2, sort_keys=True)
 
 
 def _save_info(info: dict[str, Any], directory: str) -> None:
@@ -302,14 +302,8 @@ def _save_info(info: dict[str, Any], directory: str) -> None:
   The partial file sits beside the entry, not in it, where `load_or_train`
   sweeps the partials of killed writers.
   """
-  tmp = f"{directory}.info.json.tmp{os.getpid()}"
-  try:
-    _write_info(info, tmp)
-    os.replace(tmp, os.path.join(directory, "info.json"))
-  except OSError:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
+  with utils.replacing(os.path.join(directory, "info.json"), partial=f"{directory}.info.json") as f:
+    _dump_info(info, f)
 
 
 @contextlib.contextmanager
