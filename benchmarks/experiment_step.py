@@ -7,7 +7,7 @@
   python benchmarks/experiment_step.py experiments/cifar10_shared_trunk.py:cpu --rounds 2
 
 Unlike `train_step.py` (GAN steps on random uint8 data) this builds the run
-exactly as `python -m gan.main` does (`gan.train.Run`: the experiment's config,
+exactly as `python -m gan.main` does (`gan.build.run`: the experiment's config,
 its dataset from TFDS, its method: GAN, Improved-GAN or Triple-GAN, the
 labelled subset) and times `Run.train_step` the way the training loop calls it,
 with at most two steps in flight. Logging, evaluation, checkpoints and sample
@@ -38,7 +38,7 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import timing  # noqa: E402  (benchmarks/timing.py)
 
-from gan import train  # noqa: E402
+from gan import build  # noqa: E402
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -73,9 +73,9 @@ class Setting:
     apply_overrides(config, overrides)
     self.spec, self.overrides, self.batch = spec, overrides, config.batch_size
     self.workdir = tempfile.mkdtemp(prefix="experiment_step_")
-    self.run_ = train.Run(config, self.workdir)
-    self.devices = len(self.run_.devices)
-    self.state = self.run_.put(self.run_.state)  # the loop's layout (config.parallel)
+    self.run_ = build.run(config, self.workdir)
+    self.devices = len(self.run_.layout.devices)
+    self.state = self.run_.layout.put(self.run_.state)  # the loop's layout (config.parallel)
     start = time.perf_counter()
     self.state, metrics = self.run_.train_step(self.state, self.run_.data)
     jax.block_until_ready(metrics)
@@ -90,7 +90,7 @@ class Setting:
     for _ in range(steps):
       previous = metrics
       self.state, metrics = self.run_.train_step(self.state, self.run_.data)
-      jax.block_until_ready(previous)  # at most two steps in flight, as in gan.train
+      jax.block_until_ready(previous)  # at most two steps in flight, as in gan.loop
     jax.block_until_ready((self.state, metrics))
     return (time.perf_counter() - start) / steps * 1e3
 

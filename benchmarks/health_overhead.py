@@ -24,7 +24,7 @@ import timing
 import train_step  # benchmarks/train_step.py: sets XLA flags before JAX starts
 
 from gan import health
-from gan.train import replicate, unreplicate
+from gan.parallel import replicate, unreplicate
 
 
 def main() -> None:

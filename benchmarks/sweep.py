@@ -44,10 +44,10 @@ import train_step  # noqa: E402  (benchmarks/train_step.py)
 
 from experiments import mnist, toy2d  # noqa: E402
 from gan import data as data_lib  # noqa: E402
-from gan import models, population  # noqa: E402
+from gan import methods, models, population  # noqa: E402
 from gan import state as state_lib  # noqa: E402
 from gan import step as step_lib  # noqa: E402
-from gan.train import replicate  # noqa: E402
+from gan.parallel import replicate  # noqa: E402
 
 EXPERIMENTS = {
     "toy2d": lambda: toy2d.get_config("ring8"),
@@ -88,12 +88,15 @@ def measure(experiment: str, rounds: int, seconds: float, sizes: list[int] | Non
   G, D = models.build(config.model, axis_name=step_lib.AXIS)
   states = [state_lib.create(m.config, G, D, shape, num_examples) for m in members]
   traced = population.traced_keys(members)
-  pop_step = population.make_population_step(members[0].config, G, D, traced)
+  method = methods.get(config)
+  pop_step = population.make_population_step(
+      members[0].config, method, methods.Networks(G, D), traced
+  )
   pops = {
       k: Setting(pop_step, population.create(members[:k], states[:k]), data)
       for k in sizes or [len(members)]
   }
-  single_step = step_lib.make_train_step(step_lib.StepConfig.from_config(members[0].config), G, D)
+  single_step = step_lib.make_train_step(method.step_config(members[0].config), G, D)
   single = Setting(single_step, states[0], data)
   timing.interleaved_rounds([single, *pops.values()], rounds, seconds)
   ms_single = statistics.median(single.round_ms)

@@ -40,10 +40,10 @@ import numpy as np  # noqa: E402
 import timing  # noqa: E402  (benchmarks/timing.py)
 
 from experiments import cifar10, mnist  # noqa: E402
-from gan import models  # noqa: E402
+from gan import methods, models  # noqa: E402
 from gan import state as state_lib  # noqa: E402
 from gan import step as step_lib  # noqa: E402
-from gan.train import replicate  # noqa: E402
+from gan.parallel import replicate  # noqa: E402
 
 # Experiment -> (config function, example shape, training examples).
 CONFIGS = {
@@ -76,7 +76,7 @@ class Setting:
     G, D = models.build(config.model, axis_name=step_lib.AXIS)
     state = state_lib.create(config, G, D, shape, num_examples)
     step = step_lib.pmap_step(
-        step_lib.make_train_step(step_lib.StepConfig.from_config(config), G, D)
+        step_lib.make_train_step(methods.get(config).step_config(config), G, D)
     )
     self.batch, self.devices, self.health = batch, len(devices), health
     self.G, self.D = G, D

@@ -166,3 +166,10 @@ def assert_same_everywhere(tree: Any, what: str) -> str:
     if not (everyone == words).all():
       raise RuntimeError(f"processes disagree on {what}: fingerprints differ across processes")
   return digest
+
+
+def prefix() -> str:
+  """ "process i/n: " in multi-process runs, so interleaved output says whose it is."""
+  if jax.process_count() == 1:
+    return ""
+  return f"process {jax.process_index()}/{jax.process_count()}: "

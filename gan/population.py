@@ -11,7 +11,7 @@ How members differ inside one program:
                 label_smoothing, r1_gamma, gp_weight, ac_weight,
                 ema_decay). Each member's value rides along in
                 `Population.hparams`, and the member's optimizers and
-                StepConfig are rebuilt from it inside the vmapped step, so one
+                step settings are rebuilt from it inside the vmapped step, so one
                 compiled program serves every value. (`TrainState.tx` is a
                 static field, and Adam's state does not depend on these
                 numbers: a member's state and checkpoint are exactly those of
@@ -35,12 +35,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 
-from gan import semi
+from gan import methods
 from gan import state as state_lib
 from gan import step as step_lib
 from gan.utils import ConfigError
@@ -126,8 +125,12 @@ def expand(config: ml_collections.ConfigDict) -> list[Member]:
   sweep = config.get("sweep")
   if not sweep:
     raise ConfigError("the config has no sweep section (config.sweep); see gan/sweep.py")
-  if semi.get(config):
-    raise ConfigError("population sweeps train plain GANs; config.method must be unset")
+  if methods.get(config).semi_supervised:
+    raise ConfigError(
+        "population sweeps train plain GANs (config.method must be unset): a semi-supervised "
+        "member's labelled subset is data chosen by its seed, and a population shares one copy "
+        "of the data"
+    )
   axes = _axes(config)
   mode, count = sweep.get("mode", "grid"), sweep.get("members")
   if mode == "grid":
@@ -208,15 +211,18 @@ def create(members: Sequence[Member], states: Sequence[state_lib.GANState]) -> P
 
 
 def make_population_step(
-    config: ml_collections.ConfigDict, G: nn.Module, D: nn.Module, traced: Sequence[str]
+    config: ml_collections.ConfigDict,
+    method: methods.GAN,
+    nets: methods.Networks,
+    traced: Sequence[str],
 ) -> Callable[[Population, dict[str, jax.Array]], tuple[Population, step_lib.Metrics]]:
-  """The per-device step of a group: `gan.step`'s train step vmapped over the members.
+  """The per-device step of a group: the method's train step vmapped over the members.
 
   `config` is any member's: the group's members agree on everything but the
   `traced` keys, whose values come from `Population.hparams`. Metrics come back
   with a leading member axis. Wrap it with `gan.step.pmap_step`.
   """
-  base = step_lib.StepConfig.from_config(config)
+  base = method.step_config(config)
   schedule_steps = state_lib.schedule_steps(config)
 
   def member_step(hparams, state, data):
@@ -229,7 +235,7 @@ def make_population_step(
         optim = ml_collections.ConfigDict(config.optim[name].to_dict() | numbers)
         tx = state_lib.make_optimizer(optim, schedule_steps[name])
         players[name] = getattr(state, name).replace(tx=tx)
-    new_state, metrics = step_lib.make_train_step(cfg, G, D)(state.replace(**players), data)
+    new_state, metrics = method.make_step(cfg, nets)(state.replace(**players), data)
     # The traced optimizers stay inside: the state leaves with the static fields it came with.
     tx = {name: getattr(new_state, name).replace(tx=getattr(state, name).tx) for name in players}
     return new_state.replace(**tx), metrics

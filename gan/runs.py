@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from gan import checkpoint, models, semi, toy2d, writers
+from gan import checkpoint, methods, models, toy2d, writers
 from gan.evaluation import evaluators, views
 from gan.utils import ConfigError
 
@@ -89,22 +89,25 @@ def load_generator(
 
 
 def make_views(
-    config: ml_collections.ConfigDict, G, D, C, state: Any, use_ema: bool = True
+    config: ml_collections.ConfigDict,
+    method: methods.GAN,
+    nets: methods.Networks,
+    state: Any,
+    use_ema: bool = True,
 ) -> dict[str, Any]:
-  """What the evaluators look at: the generator, and a semi-supervised run's classifier."""
-  generator = evaluators.Generator(G, state, config.model.z_dim, use_ema)
+  """What the evaluators look at: the generator, and the method's classifier if it has one."""
+  generator = evaluators.Generator(nets.G, state, config.model.z_dim, use_ema)
   found = {"generator": generator}
-  method = semi.get(config)
-  if method:
-    found["classifier"] = views.Classifier(*method.classifier(D, C, state), generator.step, "ema")
+  classifier = method.classifier(nets, state)
+  if classifier is not None:
+    found["classifier"] = views.Classifier(*classifier, generator.step, "ema")
   return found
 
 
-def _views(state: Any, config: ml_collections.ConfigDict, use_ema: bool) -> dict[str, Any]:
-  """`make_views` of a restored run, its networks built from the config."""
-  G, D = models.build(config.model, axis_name=None)
-  C = models.build_classifier(config.model, axis_name=None)
-  return make_views(config, G, D, C, state, use_ema)
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """config.json: the run's whole config, as the experiment file and flags made it."""
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
 
 
 def write_eval_json(
@@ -141,7 +144,8 @@ def evaluate(
   are then an error, not a warning).
   """
   state, config = _restore(workdir, which)
-  found = _views(state, config, use_ema=not raw)
+  method = methods.get(config)
+  found = make_views(config, method, methods.build_networks(config, None), state, not raw)
   evals = config.get("evals") or evaluators.default_evals(config.dataset)
   evals = ml_collections.ConfigDict(evals if isinstance(evals, dict) else evals.to_dict())
   if with_inception and config.dataset in toy2d.MIXTURES:
@@ -158,7 +162,7 @@ def evaluate(
     config.evals = evals
   results = evaluators.run_all(evaluators.build(config), found)
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  extra = semi.eval_extra(workdir, results) if "classifier" in found else None
+  extra = method.eval_extra(workdir, results)
   step = found["generator"].step
   path = write_eval_json(workdir, step, which, results, extra)
   with open(path) as f:

@@ -6,7 +6,7 @@ the named axis "data". It is wrapped once, outside the loop, either by
 `pmap_step` (one program per local device, state replicated and donated) or by
 `shard_map_step` (the same function under `jax.shard_map` over a mesh, with
 unreplicated state, also donated); both give the same numbers. The loop picks
-one with `config.parallel` (`gan.train`).
+one with `config.parallel` (`gan.parallel`).
 
 Results do not depend on the number of devices: gradients and metrics are
 averaged with `lax.pmean`, batch-norm statistics are averaged over the axis,
@@ -24,7 +24,7 @@ the step (samples, evaluators, the health monitor's probes) D runs with
 train=False and reads that state without writing it.
 
 The stabilisers (penalties, DiffAugment, conditioning and the AC-GAN loss)
-and their config keys are listed in `StepConfig`; learning rates and their
+and their config keys are listed in `GANStepConfig`; learning rates and their
 decay are `gan.state.make_optimizer`'s.
 """
 
@@ -44,13 +44,15 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from gan import augment, losses, penalties
-from gan import data as data_lib
 from gan.state import GANState, TrainState, data_key
 from gan.utils import ConfigError
 
 AXIS = "data"
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[GANState, dict[str, jax.Array]], tuple[GANState, Metrics]]
+# Draws a step's data batch on the devices: (data, perm, key, step, global_batch, axis_name)
+# -> (new perm, batch); one per dataset (`gan.data.batch_fn`), handed to the step.
+BatchFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,7 +79,7 @@ class CommonStepConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StepConfig(CommonStepConfig):
+class GANStepConfig(CommonStepConfig):
   """The static settings of a GAN step.
 
   Attributes (the config key in brackets, top level unless it says `model.`;
@@ -105,7 +107,7 @@ class StepConfig(CommonStepConfig):
     ac_weight: [ac_weight, 1.0].
     minibatch_std: D's minibatch standard-deviation group size; the
       per-device batch must be a multiple of it [model.d.minibatch_std, 0].
-    batch_fn: draws the data batch inside the step [dataset].
+    batch_fn: draws the data batch inside the step (`gan.data.batch_fn` of the dataset).
 
   A population sweep (`gan.sweep`) replaces label_smoothing, r1_gamma,
   gp_weight, ac_weight or ema_decay by traced arrays, one value per member;
@@ -125,10 +127,10 @@ class StepConfig(CommonStepConfig):
   ac_head: bool = False
   ac_weight: float = 1.0
   minibatch_std: int = 0
-  batch_fn: data_lib.BatchFn
+  batch_fn: BatchFn
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
+  def from_config(cls, config: ml_collections.ConfigDict, batch_fn: BatchFn) -> GANStepConfig:
     g_classes = config.model.g.get("num_classes", 0)
     d_classes = config.model.d.get("num_classes", 0)
     if d_classes and g_classes != d_classes:
@@ -153,7 +155,7 @@ class StepConfig(CommonStepConfig):
         ac_head=config.model.d.get("ac_head", False),
         ac_weight=config.get("ac_weight", 1.0),
         minibatch_std=config.model.d.get("minibatch_std", 0),
-        batch_fn=data_lib.batch_fn(config.dataset),
+        batch_fn=batch_fn,
     )
 
 
@@ -164,7 +166,7 @@ _INTERPOLATE = 0x6A9
 
 
 def _penalised(weight: float | jax.Array) -> bool:
-  """Whether a penalty is computed: its weight is nonzero, or traced (see `StepConfig`)."""
+  """Whether a penalty is computed: its weight is nonzero, or traced (see `GANStepConfig`)."""
   return isinstance(weight, jax.Array) or bool(weight)
 
 
@@ -244,7 +246,7 @@ class StepFunctions(NamedTuple):
   g_loss: Callable[..., tuple[jax.Array, Any]]
 
 
-def make_step_functions(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFunctions:
+def make_step_functions(cfg: GANStepConfig, G: nn.Module, D: nn.Module) -> StepFunctions:
   """Builds the passes and losses that `make_train_step` differentiates."""
 
   def generate(g: TrainState, params: Any, z: jax.Array, y: jax.Array | None):
@@ -331,7 +333,7 @@ def make_step_functions(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFunc
   return StepFunctions(generate, d_loss, g_loss)
 
 
-def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
+def make_train_step(cfg: GANStepConfig, G: nn.Module, D: nn.Module) -> StepFn:
   """Builds the per-device step for generator `G` and discriminator `D`."""
   fns = make_step_functions(cfg, G, D)
 
@@ -404,7 +406,7 @@ def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module) -> StepFn:
 
 
 def finish_step(
-    cfg: StepConfig, state: GANState, new_state: GANState, metrics: Metrics
+    cfg: CommonStepConfig, state: GANState, new_state: GANState, metrics: Metrics
 ) -> tuple[GANState, Metrics]:
   """The common end of every method's step: health signals, device-averaged metrics, guard.
 

@@ -2,7 +2,7 @@
 
 Trains the K members of `config.sweep` together (`gan.population`: one
 compiled program per group of members, the train step vmapped over them and
-pmapped over the devices as in `gan.train`), each member a complete run in
+pmapped over the devices as a single run's step is), each member a complete run in
 `W/member_k/`, then ranks them in `W/sweep.json` and `W/sweep.png`. Flags as
 `gan.main`'s: `--config.sweep.seed="(0,1)" --config.sweep.members=4` overrides
 the config (a grid's member count is checked against its size, so change both).
@@ -31,7 +31,7 @@ traced in one program and which split the population into groups:
 
 Each member's directory is a plain run's (config.json, metrics.jsonl,
 samples/, checkpoints/, evals.jsonl, eval.json, events.jsonl, health.json),
-written by the same code as `gan.train`'s (`Run`, `HealthMonitor`), so
+written by the same code as a single run's (`gan.loop.RunLoop`), so
 `gan.evaluate`, `gan.sample` and `gan.report` work on it. Every member has its
 own health monitor; a member that is rolled back goes on from its restored
 checkpoint inside the population (members may then be at different steps),
@@ -74,31 +74,31 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
-from gan import health, population, report, runs, train, writers  # noqa: E402
+from gan import build, health, loop, parallel, population, report, runs, writers  # noqa: E402
 from gan import main as cli  # noqa: E402  (its flags and error handling are the sweep's)
 from gan import state as state_lib  # noqa: E402
 from gan import step as step_lib  # noqa: E402
-from gan.evaluation import evaluators as evaluators_lib  # noqa: E402
-from gan.utils import ConfigError, check_workdir, every, progress_interval  # noqa: E402
+from gan.utils import ConfigError, check_workdir  # noqa: E402
 
 
 class _Group:
   """Members that share one compiled program, and their stacked state on the devices."""
 
-  def __init__(self, members: list[_Member], traced: tuple[str, ...], devices):
-    self.devices = devices
-    lead = members[0].run
-    step = population.make_population_step(lead.config, lead.G, lead.D, traced)
+  def __init__(
+      self, members: list[build.Run], specs: list[population.Member], traced: tuple[str, ...]
+  ):
+    lead = members[0]
+    self.devices = lead.layout.devices
+    step = population.make_population_step(lead.config, lead.method, lead.nets, traced)
     self.step_fn = step_lib.pmap_step(step)
-    pop = population.create([m.spec for m in members], [m.run.state for m in members])
+    pop = population.create(specs, [run.state for run in members])
     self.hparams = pop.hparams
-    self.p_pop = train.replicate(pop, devices)
+    self.p_pop = parallel.replicate(pop, self.devices)
     self.p_metrics = None
     self.diversity_fn = jax.vmap(lead.diversity)
-    self.probe_real = np.stack([np.asarray(m.run.probe_real) for m in members])
-    self.probe_z = np.stack([np.asarray(m.run.probe_z) for m in members])
+    self.probe_real = np.stack([np.asarray(run.probe_real) for run in members])
+    self.probe_z = np.stack([np.asarray(run.probe_z) for run in members])
     self._host: state_lib.GANState | None = None  # this step's state, fetched when needed
     self._metrics: dict[str, np.ndarray] | None = None
     self._diversity: np.ndarray | None = None
@@ -106,9 +106,10 @@ class _Group:
 
   def step(self, data) -> None:
     if self._changed:
-      self.p_pop = train.replicate(population.Population(self._host, self.hparams), self.devices)
+      pop = population.Population(self._host, self.hparams)
+      self.p_pop = parallel.replicate(pop, self.devices)
       self._changed = False
-    # At most two steps in flight, as in gan.train (an unbounded queue deadlocked XLA:CPU).
+    # At most two steps in flight, as in gan.loop (an unbounded queue deadlocked XLA:CPU).
     previous = self.p_metrics
     self.p_pop, self.p_metrics = self.step_fn(self.p_pop, data)
     jax.block_until_ready(previous)
@@ -116,122 +117,58 @@ class _Group:
 
   def fetch_metrics(self) -> None:
     if self._metrics is None:
-      self._metrics = jax.device_get(train.unreplicate(self.p_metrics))
+      self._metrics = jax.device_get(parallel.unreplicate(self.p_metrics))
 
-  def metrics(self, position: int) -> dict[str, float]:
-    self.fetch_metrics()
-    return {k: float(v[position]) for k, v in self._metrics.items()}
+  def slot(self, position: int) -> _GroupSlot:
+    return _GroupSlot(self, position)
 
-  def state(self, position: int) -> state_lib.GANState:
-    """Member `position`'s current state, on the host."""
-    if self._host is None:
-      self._host = jax.device_get(train.unreplicate(self.p_pop.state))
-    return population.take(self._host, position)
 
-  def set_state(self, position: int, state: state_lib.GANState) -> None:
-    """Replaces member `position`'s state (a rollback, a changed learning-rate scale)."""
-    self.state(position)
-    leaves = [np.array(x) for x in jax.tree.leaves(self._host)]
+class _GroupSlot:
+  """One member's place in its group's stacked state: the loop's `Slot` for a sweep member."""
+
+  def __init__(self, group: _Group, position: int):
+    self.group, self.position = group, position
+
+  def metrics(self) -> dict[str, float]:
+    self.group.fetch_metrics()
+    return {k: float(v[self.position]) for k, v in self.group._metrics.items()}
+
+  def state(self) -> state_lib.GANState:
+    group = self.group
+    if group._host is None:
+      group._host = jax.device_get(parallel.unreplicate(group.p_pop.state))
+    return population.take(group._host, self.position)
+
+  def set_state(self, state: state_lib.GANState) -> None:
+    group = self.group
+    self.state()
+    leaves = [np.array(x) for x in jax.tree.leaves(group._host)]
     for leaf, new in zip(leaves, jax.tree.leaves(state), strict=True):
-      leaf[position] = new
-    self._host = jax.tree.unflatten(jax.tree.structure(self._host), leaves)
-    self._changed = True
+      leaf[self.position] = new
+    group._host = jax.tree.unflatten(jax.tree.structure(group._host), leaves)
+    group._changed = True
 
-  def diversity(self, position: int) -> float:
-    """The health monitor's diversity probe, for every member at once."""
-    if self._diversity is None:
-      state = train.unreplicate(self.p_pop.state)
-      self._diversity = np.asarray(
-          self.diversity_fn(state.g, state.d, self.probe_real, self.probe_z)
+  def diversity(self) -> float:
+    group = self.group
+    if group._diversity is None:
+      state = parallel.unreplicate(group.p_pop.state)
+      group._diversity = np.asarray(
+          group.diversity_fn(state.g, state.d, group.probe_real, group.probe_z)
       )
-    return float(self._diversity[position])
-
-
-class _Prefixed:
-  """The progress bar, seen by one member's health monitor: its messages name the member."""
-
-  def __init__(self, bar, prefix: str):
-    self.bar, self.prefix = bar, prefix
-
-  def write(self, message: str) -> None:
-    self.bar.write(self.prefix + message)
+    return float(group._diversity[self.position])
 
 
 class _Member:
-  """One member's side of the loop: its Run, metric writer and health monitor."""
+  """One member: its run, its hooks (the same `gan.loop.RunLoop` a single run has), its slot."""
 
-  def __init__(self, spec: population.Member, run: train.Run, bar):
-    self.spec, self.run, self.bar = spec, run, _Prefixed(bar, f"member {spec.index}: ")
-    self.monitor = train.HealthMonitor(run)
-    self.monitor.bar = self.bar
-    self.writer = writers.MetricWriter(run.workdir) if run.primary else writers.NullWriter()
+  def __init__(self, spec: population.Member, run: build.Run, bar):
+    self.spec, self.run = spec, run
+    self.hooks = loop.RunLoop(run, bar, prefix=f"member {spec.index}: ")
     self.step = int(run.state.step)
     self.done = self.step >= run.config.num_steps
     self.final = run.state if self.done else None
-    self.results, self.results_step = None, self.step
     self.group: _Group | None = None
-    self.position = 0
-
-  def inject_fault(self) -> None:
-    """A fault injected on purpose (`config.inject_fault`) before the step that reaches it."""
-    if self.step + 1 == self.monitor.fault_step:
-      state = self.monitor.inject_fault(self.group.state(self.position))
-      self.group.set_state(self.position, state)
-
-  def log_due(self) -> bool:
-    config = self.run.config
-    return every(self.step, config.log_every) or self.step == config.num_steps
-
-  def after_step(self, steps_per_s: float) -> bool:
-    """What gan.train does after a step, for this member; returns whether it evaluated."""
-    run, config, monitor, step = self.run, self.run.config, self.monitor, self.step
-    is_last = step == config.num_steps
-    events: list[health.Event] = []
-    if self.log_due():
-      metrics = self.group.metrics(self.position)
-      metrics["perf/steps_per_s"] = steps_per_s
-      metrics["perf/images_per_s"] = steps_per_s * config.batch_size
-      if monitor.enabled:
-        metrics["health/diversity"] = self.group.diversity(self.position)
-        d_params = self.group.state(self.position).d.params
-        metrics["health/d_sigma_max"] = max(health.top_singular_values(d_params).values())
-      self.writer.write(step, metrics)
-      events += monitor.observe(step, metrics)
-    if run.primary and (every(step, config.sample_every) or is_last):
-      run.save_samples(self.group.state(self.position))
-    due = [n for n, e in run.evaluators.items() if every(step, e.every) or is_last]
-    eval_metrics = None
-    if due:
-      self.results, self.results_step = run.evaluate(self.group.state(self.position), due), step
-      eval_metrics = evaluators_lib.flatten(self.results)
-      self.writer.write(step, eval_metrics)
-      if run.primary:
-        scores = ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items())
-        self.bar.write(f"step {step}: {scores}")
-      events += monitor.observe_eval(step, eval_metrics)
-    action = monitor.handle(events)
-    stopping = action in ("early_stop", "stop")
-    if action == "log" and monitor.enabled and (scale := monitor.recovered(step)) is not None:
-      state = state_lib.with_learning_rate_scale(self.group.state(self.position), scale)
-      self.group.set_state(self.position, state)
-    if every(step, config.checkpoint_every) or is_last or eval_metrics or stopping:
-      run.checkpointer.save(self.group.state(self.position), config, eval_metrics)
-      monitor.save()
-    if (is_last or stopping) and self.results is not None and run.primary:
-      runs.write_eval_json(run.workdir, self.results_step, "final", self.results)
-    if stopping and run.primary:
-      self.bar.write(f"step {step}: stopping ({action}); best checkpoint: {monitor.best_note()}")
-    if action == "rollback" and not stopping:  # as in gan.train, also after the last step
-      state = monitor.rollback(events)
-      self.group.set_state(self.position, state)
-      self.step = int(state.step)
-    elif is_last or stopping:
-      self.done, self.final = True, self.group.state(self.position)
-    return bool(due)
-
-  def close(self) -> None:
-    self.writer.close()
-    self.run.checkpointer.close()
+    self.slot: _GroupSlot | None = None
 
 
 def member_dir(workdir: str, index: int) -> str:
@@ -247,22 +184,16 @@ def train_population(config: ml_collections.ConfigDict, workdir: str) -> list[st
     raise ConfigError("population sweeps run in one process (its devices are the population's)")
   specs = population.expand(config)
   workdir = check_workdir(workdir)
-  member_runs: list[train.Run] = []
+  member_runs: list[build.Run] = []
   for spec in specs:
     shared = member_runs[0] if member_runs else None  # the data and evaluators are loaded once
-    directory = member_dir(workdir, spec.index)
     # The population's step is pmapped (over the devices, members vmapped): pmap's layout.
-    member_runs.append(train.Run(spec.config, directory, shared=shared, parallel="pmap"))
-    train.write_config(spec.config, member_runs[-1].workdir)
+    member_runs.append(
+        build.run(spec.config, member_dir(workdir, spec.index), shared=shared, parallel="pmap")
+    )
+    runs.write_config(spec.config, member_runs[-1].workdir)
   start = min(int(run.state.step) for run in member_runs)
-  bar = tqdm(
-      total=config.num_steps,
-      initial=start,
-      desc=f"sweep of {len(specs)}",
-      unit="step",
-      dynamic_ncols=True,
-      mininterval=progress_interval(),
-  )
+  bar = loop.progress_bar(config.num_steps, start, f"sweep of {len(specs)}")
   members = [_Member(spec, run, bar) for spec, run in zip(specs, member_runs, strict=True)]
   traced = population.traced_keys(specs)
   groups: dict[tuple, list[_Member]] = {}
@@ -270,21 +201,21 @@ def train_population(config: ml_collections.ConfigDict, workdir: str) -> list[st
     if not member.done:  # finished members (on resume) are not trained again
       groups.setdefault(population.group_key(member.spec), []).append(member)
   for group_members in groups.values():
-    group = _Group(group_members, traced, member_runs[0].devices)
+    group = _Group([m.run for m in group_members], [m.spec for m in group_members], traced)
     for position, member in enumerate(group_members):
-      member.group, member.position = group, position
+      member.group, member.slot = group, group.slot(position)
       del member.run.state  # the population holds it from here on
   data = member_runs[0].data
   iteration, last_iteration, last_time = 0, 0, time.perf_counter()
   while active := [m for m in members if not m.done]:
     for member in active:
-      member.inject_fault()
+      member.hooks.before_step(member.step + 1, member.slot)
     for group_members in groups.values():
       group_members[0].group.step(data)
     iteration += 1
     for member in active:
       member.step += 1
-    logging_members = [m for m in active if m.log_due()]
+    logging_members = [m for m in active if m.hooks.log_due(m.step)]
     for member in logging_members:
       member.group.fetch_metrics()  # waits for the step: the rate below is training's
     steps_per_s = 0.0
@@ -292,13 +223,19 @@ def train_population(config: ml_collections.ConfigDict, workdir: str) -> list[st
       now = time.perf_counter()
       steps_per_s = (iteration - last_iteration) / (now - last_time)
       last_iteration, last_time = iteration, now
-    evaluated = [member.after_step(steps_per_s) for member in active]
-    if any(evaluated):  # evaluation is not training throughput
+    evaluated = False
+    for member in active:
+      outcome = member.hooks.after_step(member.step, member.slot, steps_per_s)
+      evaluated |= outcome.evaluated
+      member.step = outcome.step
+      if outcome.done:
+        member.done, member.final = True, member.slot.state()
+    if evaluated:  # evaluation is not training throughput
       last_iteration, last_time = iteration, time.perf_counter()
     bar.update(min((m.step for m in members if not m.done), default=config.num_steps) - bar.n)
   bar.close()
   for member in members:
-    member.close()
+    member.hooks.close()
   summary = summarise(config, workdir, specs)
   print(
       f"sweep: {summary['successes']}/{summary['num_members']} members succeeded "

@@ -22,7 +22,7 @@ from PIL import Image
 from test_cifar_models import _spectral_pairs
 
 from experiments import cifar10, cifar10_cgan_pd, cifar10_dcgan
-from gan import data, models, train, writers
+from gan import data, methods, models, train, writers
 from gan import state as state_lib
 from gan import step as step_lib
 from gan.checkpoint import Checkpointer
@@ -58,7 +58,7 @@ def real_data(cifar10_train, monkeypatch):
 def test_configs_build(name, variant):
   config = EXPERIMENTS[name].get_config(variant)
   G, D = models.build(config.model, axis_name=None)
-  step_lib.StepConfig.from_config(config)
+  methods.get(config).step_config(config)
   for cfg in config.evals.values():
     evaluators.settings(**cfg.to_dict())  # known kinds and settings
   state = jax.eval_shape(lambda: state_lib.create(config, G, D, (32, 32, 3), 50_000))

@@ -15,12 +15,12 @@ from experiments import (
     mnist_improved_gan,
     mnist_triple_gan,
 )
-from gan import data, models, runs, semi
+from gan import data, methods, models, runs, semi
 from gan import step as step_lib
 from gan.models import dropout
 from gan.models.weight_norm import GaussianNoise, WNDense
+from gan.parallel import replicate, unreplicate
 from gan.semi import improved_gan, labels, triple_gan
-from gan.train import replicate, unreplicate
 from gan.utils import ConfigError
 
 
@@ -208,22 +208,22 @@ def test_classifier_adversarial_gradient_is_that_of_the_papers_term():
 def _setup(config, n=200):
   G, D = models.build(config.model, axis_name=step_lib.AXIS)
   C = models.build_classifier(config.model, axis_name=step_lib.AXIS)
-  method = semi.get(config)
+  method = methods.get(config)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
   y = rng.integers(0, 10, n).astype(np.int32)
   subset = labels.choose(y, config.semi.labels_per_class, seed=0)
-  data = {"image": images, "label": y, "labelled_image": images[subset]}
-  data["labelled_label"] = y[subset]
-  state = method.create_state(config, G, D, C, images, len(subset))
-  return G, D, C, data, state
+  extra = {"labelled_image": images[subset], "labelled_label": y[subset]}
+  split = data.Split(images, y, "test")
+  state = method.init(config, methods.Networks(G, D, C), split, extra)
+  return G, D, C, split.arrays() | extra, state
 
 
 def _run(config, num_devices, num_steps=3):
   G, D, C, data, state = _setup(config)
   devices = jax.devices()[:num_devices]
-  method = semi.get(config)
-  fn = method.make_train_step(method.StepConfig.from_config(config), G, D, C)
+  method = methods.get(config)
+  fn = method.make_step(method.step_config(config), methods.Networks(G, D, C))
   p_step = step_lib.pmap_step(fn, devices)
   p_state, p_data = replicate(state, devices), replicate(data, devices)
   history = []
@@ -353,7 +353,7 @@ def test_unknown_method_is_a_config_error():
   config = mnist_improved_gan.get_config("smoke")
   config.method = "quadruple_gan"
   with pytest.raises(ConfigError, match="unknown method"):
-    semi.get(config)
+    methods.get(config)
 
 
 def test_improved_gan_run_reports_test_error_and_resumes(tmp_path):
@@ -419,7 +419,7 @@ def test_evaluate_cli_reproduces_the_runs_test_error(tmp_path):
 def test_a_rollback_before_the_first_checkpoint_keeps_the_pretrained_classifier(
     tmp_path, monkeypatch
 ):
-  from gan import health, train  # noqa: PLC0415  (loads data)
+  from gan import build, health, recovery, train  # noqa: PLC0415  (loads data)
 
   config = mnist_triple_gan.get_config("smoke")
   config.num_steps, config.log_every, config.checkpoint_every = 4, 1, 100
@@ -429,11 +429,11 @@ def test_a_rollback_before_the_first_checkpoint_keeps_the_pretrained_classifier(
   config.health.divergence.max_loss = 0.0
   config.health.max_rollbacks = 1
   seen = {}
-  pretrain, rollback = train.Run.pretrain, train.HealthMonitor.rollback
+  pretrain, rollback = build.Run.pretrain, recovery.HealthMonitor.rollback
 
-  def spy_pretrain(run):
+  def spy_pretrain(run, log):
     seen["initial"] = jax.device_get(run.state.c.params)
-    pretrain(run)
+    pretrain(run, log)
     seen["pretrained"] = jax.device_get(run.state.c.params)
 
   def spy_rollback(monitor, events):
@@ -441,8 +441,8 @@ def test_a_rollback_before_the_first_checkpoint_keeps_the_pretrained_classifier(
     seen["rolled_back"] = (int(state.step), jax.device_get(state.c.params))
     return state
 
-  monkeypatch.setattr(train.Run, "pretrain", spy_pretrain)
-  monkeypatch.setattr(train.HealthMonitor, "rollback", spy_rollback)
+  monkeypatch.setattr(build.Run, "pretrain", spy_pretrain)
+  monkeypatch.setattr(recovery.HealthMonitor, "rollback", spy_rollback)
   train.train_and_evaluate(config, str(tmp_path))
   assert [e["action"] for e in health.read_events(str(tmp_path))] == ["rollback", "stop"]
   step, params = seen["rolled_back"]

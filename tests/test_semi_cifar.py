@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 from experiments import cifar10_shared_trunk, cifar10_triple_gan
-from gan import data, models, ramps, semi
+from gan import data, methods, models, ramps
 from gan import state as state_lib
 from gan import step as step_lib
 from gan.models import cifar_semi, whitening
+from gan.parallel import replicate, unreplicate
 from gan.semi import labels, triple_gan
-from gan.train import replicate, unreplicate
 from gan.utils import ConfigError
 
 SHARED = conftest.TFDS_DATA_DIR
@@ -131,7 +131,7 @@ def _three_players(config, num_devices, num_steps):
   arrays = {"image": images, "label": y, "labelled_image": images[subset]}
   arrays["labelled_label"] = y[subset]
   state = triple_gan.create_state(config, G, D, C, images, len(subset))
-  cfg = triple_gan.StepConfig.from_config(config)
+  cfg = triple_gan.TripleGANStepConfig.from_config(config)
   devices = jax.devices()[:num_devices]
   p_step = step_lib.pmap_step(triple_gan.make_train_step(cfg, G, D, C), devices)
   p_state, p_data = replicate(state, devices), replicate(arrays, devices)
@@ -242,4 +242,4 @@ def test_smoke_config_trains_on_real_cifar10_and_reports_test_error(
   assert np.isfinite(jax.tree.leaves(final.c_ema)[0]).all()
   if config.semi.get("zca"):  # the whitening fitted at the start travels with C's state
     assert final.c.batch_stats["zca"]["zca_matrix"].shape == (3072, 3072)
-  assert semi.get(config) is triple_gan
+  assert isinstance(methods.get(config), methods.TripleGAN)

@@ -26,10 +26,12 @@ import pytest
 from jax.nn import log_softmax, softplus
 
 from experiments import mnist_improved_gan, mnist_triple_gan
+from gan import data as data_lib
+from gan import methods
 from gan import step as step_lib
 from gan.models import shared_trunk
+from gan.parallel import replicate, unreplicate
 from gan.semi import improved_gan, triple_gan
-from gan.train import replicate, unreplicate
 
 K = 10
 
@@ -120,14 +122,15 @@ def _pixels(values):
 
 
 def _one_step(method, config, G, D, C, data, num_devices):
-  num_labelled = len(data["labelled_label"])
-  state = method.create_state(config, G, D, C, data["image"], num_labelled)
+  method, nets = methods.METHODS[method.__name__.split(".")[-1]], methods.Networks(G, D, C)
+  extra = {k: v for k, v in data.items() if k.startswith("labelled_")}
+  state = method.init(config, nets, data_lib.Split(data["image"], data["label"], "test"), extra)
   # The averages start away from the players (as they are after the first step), so a
   # step that played with an average instead of the player's parameters shows.
   away = lambda tree: jax.tree.map(lambda x: 0.1 - 0.7 * x, tree)  # noqa: E731
   state = state.replace(g_ema=away(state.g_ema), c_ema=away(state.c_ema))
   init = jax.device_get(state)
-  step = method.make_train_step(method.StepConfig.from_config(config), G, D, C)
+  step = method.make_step(method.step_config(config), nets)
   devices = jax.devices()[:num_devices]
   p_state, metrics = step_lib.pmap_step(step, devices)(
       replicate(state, devices), replicate(data, devices)

@@ -16,11 +16,11 @@ import pytest
 from flax import traverse_util
 
 from experiments import mnist
-from gan import augment, health, models
+from gan import augment, health, methods, models
 from gan import state as state_lib
 from gan import step as step_lib
 from gan.models import conditioning, sngan
-from gan.train import replicate, unreplicate
+from gan.parallel import replicate, unreplicate
 from gan.utils import ConfigError
 
 AXIS = step_lib.AXIS
@@ -90,7 +90,7 @@ def _run(config, num_devices: int, num_steps: int, G=None, D=None, init=None):
   init = _create(config, G, D) if init is None else init
   devices = jax.devices()[:num_devices]
   step = step_lib.pmap_step(
-      step_lib.make_train_step(step_lib.StepConfig.from_config(config), G, D), devices
+      step_lib.make_train_step(methods.get(config).step_config(config), G, D), devices
   )
   state, p_data = replicate(init, devices), replicate(data, devices)
   history = []
@@ -102,7 +102,7 @@ def _run(config, num_devices: int, num_steps: int, G=None, D=None, init=None):
 
 def _d_loss_and_grads(config, D, d: state_lib.TrainState, real, fake, real_y=None, fake_y=None):
   """D's loss, aux metrics, parameter gradients and real logits for fixed real and fake images."""
-  fns = step_lib.make_step_functions(step_lib.StepConfig.from_config(config), None, D)
+  fns = step_lib.make_step_functions(methods.get(config).step_config(config), None, D)
   keys = jax.random.split(jax.random.PRNGKey(7))
 
   def one_device():
@@ -290,7 +290,7 @@ def test_step_rejects_a_device_batch_that_splits_minibatch_std_groups():
   config.model.d.minibatch_std = 4
   G, D = _modules(config)
   state = jax.eval_shape(lambda: state_lib.create(config, G, D, SHAPE, len(_data()["image"])))
-  step = step_lib.make_train_step(step_lib.StepConfig.from_config(config), G, D)
+  step = step_lib.make_train_step(methods.get(config).step_config(config), G, D)
   for devices, fails in ((2, False), (4, True)):  # 4 or 2 examples per device
     mapped = jax.vmap(step, in_axes=(None, None), axis_name=AXIS, axis_size=devices)
     if fails:
@@ -329,7 +329,7 @@ def test_auxiliary_classifier_and_labels_reach_both_losses():
   assert not np.allclose(real_logits, other, rtol=1e-2, atol=0)
 
   # G's loss: the class cross-entropy of its fakes against the labels they were made from.
-  fns = step_lib.make_step_functions(step_lib.StepConfig.from_config(config), G, D)
+  fns = step_lib.make_step_functions(methods.get(config).step_config(config), G, D)
   z = jax.random.normal(jax.random.PRNGKey(9), (8, 16))
 
   def g_side():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from gan import models
+from gan import methods, models
 from gan import state as state_lib
 from gan import step as step_lib
-from gan.train import replicate, unreplicate
+from gan.parallel import replicate, unreplicate
 from gan.utils import ConfigError
 
 
@@ -27,7 +27,7 @@ def _setup(config, n: int = 64):
 def _run_pmap(config, num_devices: int, num_steps: int, step_wrapper=None):
   G, D, data, state = _setup(config)
   devices = jax.devices()[:num_devices]
-  fn = step_lib.make_train_step(step_lib.StepConfig.from_config(config), G, D)
+  fn = step_lib.make_train_step(methods.get(config).step_config(config), G, D)
   if step_wrapper is not None:
     fn = step_wrapper(fn)
   p_step = step_lib.pmap_step(fn, devices)
@@ -68,7 +68,7 @@ def test_shard_map_step_equals_pmap_step(smoke_config):
   G, D, data, state = _setup(smoke_config)
   mesh = Mesh(np.asarray(jax.devices()[:2]), (step_lib.AXIS,))
   step = step_lib.shard_map_step(
-      step_lib.make_train_step(step_lib.StepConfig.from_config(smoke_config), G, D), mesh
+      step_lib.make_train_step(methods.get(smoke_config).step_config(smoke_config), G, D), mesh
   )
   for expected in pmap_metrics:
     state, metrics = step(state, data)
@@ -132,7 +132,7 @@ def test_nonfinite_step_is_dropped_not_written(smoke_config):
   G, D, data, state = _setup(smoke_config)
   devices = jax.devices()[:2]
   step = step_lib.pmap_step(
-      step_lib.make_train_step(step_lib.StepConfig.from_config(smoke_config), G, D), devices
+      step_lib.make_train_step(methods.get(smoke_config).step_config(smoke_config), G, D), devices
   )
   before = jax.device_get(state)
   p_state, metrics = step(replicate(state, devices), replicate(data, devices))

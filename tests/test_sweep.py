@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from experiments import toy2d
-from gan import data, health, models, population, sweep, train, writers
+from gan import data, health, methods, models, population, sweep, train, writers
 from gan import state as state_lib
 from gan import step as step_lib
-from gan.train import replicate, unreplicate
+from gan.parallel import replicate, unreplicate
 from gan.utils import ConfigError
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
@@ -97,7 +97,8 @@ def test_vmapped_members_equal_single_runs_on_two_devices():
   split = data.load(config.dataset, config.train_split)
   p_data = replicate(split.arrays(), devices)
   states = [state_lib.create(m.config, G, D, (2,), split.num_examples) for m in members]
-  step = population.make_population_step(config, G, D, population.traced_keys(members))
+  nets, traced = methods.Networks(G, D), population.traced_keys(members)
+  step = population.make_population_step(config, methods.get(config), nets, traced)
   p_pop = replicate(population.create(members, states), devices)
   p_step = step_lib.pmap_step(step, devices)
   metrics = []
@@ -107,7 +108,8 @@ def test_vmapped_members_equal_single_runs_on_two_devices():
   final = jax.device_get(unreplicate(p_pop.state))
   for k, member in enumerate(members):
     single_step = step_lib.pmap_step(
-        step_lib.make_train_step(step_lib.StepConfig.from_config(member.config), G, D), devices
+        step_lib.make_train_step(methods.get(member.config).step_config(member.config), G, D),
+        devices,
     )
     p_state = replicate(states[k], devices)
     for t in range(3):

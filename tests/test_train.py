@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from gan import data, train, writers
+from gan import build, data, parallel, train, writers
 from gan.checkpoint import Checkpointer
 from gan.utils import ConfigError
 
@@ -82,7 +82,7 @@ def test_pmap_and_shard_map_loops_train_the_same_run(smoke_config, toy_mnist, tm
   pmapped = train.train_and_evaluate(config, str(tmp_path / "pmap"))
   config.parallel = "shard_map"
   sharded = train.train_and_evaluate(config, str(tmp_path / "shard_map"))
-  assert train.parallel_mode("auto") == "shard_map"  # one process
+  assert parallel.parallel_mode("auto") == "shard_map"  # one process
   config.num_steps = 3
   train.train_and_evaluate(config, str(tmp_path / "mixed"))
   config.num_steps, config.parallel = 6, "pmap"
@@ -94,7 +94,7 @@ def test_pmap_and_shard_map_loops_train_the_same_run(smoke_config, toy_mnist, tm
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   config.parallel = "vmap"
   with pytest.raises(ConfigError, match="unknown parallel='vmap'"):
-    train.Run(config, str(tmp_path / "d"))
+    build.run(config, str(tmp_path / "d"))
 
 
 def test_resume_skips_a_checkpoint_killed_mid_save(smoke_config, toy_mnist, tmp_path):

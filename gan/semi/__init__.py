@@ -1,35 +1,24 @@
-"""Semi-supervised methods, chosen by `config.method`: a classifier learns from few labels.
+"""Semi-supervised methods' maths and settings: a classifier learns from few labels.
 
-  gan            (default) an unconditional GAN, no labels (`gan.step`)
   improved_gan   Salimans et al. 2016: D is a K+1-class classifier (`gan.semi.improved_gan`)
   triple_gan     Li et al. 2017: classifier C, conditional G and pair discriminator D
                  (`gan.semi.triple_gan`; C is `config.model.classifier`)
 
-A method module provides `StepConfig.from_config(config)`,
-`make_train_step(cfg, G, D, C)`, `create_state(config, G, D, C, images,
-num_labelled)` and `classifier(D, C, state)`, the network and variables
-that classify (C is None without a third player), and may provide
-`pretrain(config, C, state, arrays, log)`, which the training loop runs once
-on a new run's state before its first step. The training loop adds the
-labelled subset to the data on the devices (`labelled_data`) and measures the
-classifier on the test split with the "test_error" evaluator. Settings live
-in `config.semi` (`defaults()`).
+They plug into training as methods (`gan.methods`), which add the labelled
+subset to the data on the devices and report the classifier's test error
+(the "test_error" evaluator). Settings live in `config.semi` (`defaults()`).
 """
 
 from __future__ import annotations
 
 import math
-from types import ModuleType
 from typing import Any
 
 import ml_collections
 import numpy as np
 
 from gan import data as data_lib
-from gan.semi import improved_gan, labels, triple_gan
-from gan.utils import ConfigError
-
-METHODS: dict[str, ModuleType] = {"improved_gan": improved_gan, "triple_gan": triple_gan}
+from gan.semi import labels
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -78,16 +67,6 @@ def defaults() -> ml_collections.ConfigDict:
           },
       }
   )
-
-
-def get(config: ml_collections.ConfigDict) -> ModuleType | None:
-  """The method module of `config.method`, or None for a plain GAN."""
-  name = config.get("method", "gan")
-  if name == "gan":
-    return None
-  if name not in METHODS:
-    raise ConfigError(f"unknown method {name!r}; choose 'gan' or one of {sorted(METHODS)}")
-  return METHODS[name]
 
 
 def label_seed(config: ml_collections.ConfigDict) -> int:

@@ -65,14 +65,14 @@ def feature_matching_loss(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StepConfig(step_lib.CommonStepConfig):
+class ImprovedGANStepConfig(step_lib.CommonStepConfig):
   """The static settings of an Improved-GAN step."""
 
   classifier_ema_decay: float
   unlabelled_weight: float
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
+  def from_config(cls, config: ml_collections.ConfigDict) -> ImprovedGANStepConfig:
     return cls(
         **cls.common(config),
         classifier_ema_decay=config.semi.classifier_ema_decay,
@@ -88,11 +88,8 @@ def _uniform_examples(key: jax.Array, data: dict[str, jax.Array], local_batch: i
   return data["image"][index].astype(jnp.float32) * (2.0 / 255.0) - 1.0
 
 
-def make_train_step(
-    cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module | None = None
-) -> step_lib.StepFn:
+def make_train_step(cfg: ImprovedGANStepConfig, G: nn.Module, D: nn.Module) -> step_lib.StepFn:
   """The per-device Improved-GAN step (wrap with `gan.step.pmap_step`); D is the classifier."""
-  del C
 
   def discriminate(params: Any, x: jax.Array, key: jax.Array):
     logits, mutated = D.apply(
@@ -179,7 +176,6 @@ def create_state(
     config: ml_collections.ConfigDict,
     G: nn.Module,
     D: nn.Module,
-    C: nn.Module | None,
     images: np.ndarray,
     num_labelled: int,
 ) -> GANState:
@@ -187,7 +183,6 @@ def create_state(
 
   `images` is the uint8 training split; `num_labelled` the (tiled) labelled set's size.
   """
-  del C  # D is the classifier
   rng = jax.random.PRNGKey(config.seed)
   g_key, d_key, noise_key, init_key = jax.random.split(jax.random.fold_in(rng, 0x1417), 4)
   z = jax.random.normal(init_key, (config.semi.init_batch, config.model.z_dim))
@@ -208,7 +203,6 @@ def create_state(
   )
 
 
-def classifier(D: nn.Module, C: nn.Module | None, state: Any) -> tuple[nn.Module, dict[str, Any]]:
+def classifier(D: nn.Module, state: Any) -> tuple[nn.Module, dict[str, Any]]:
   """(module, variables) of the EMA classifier: D's K logits (noise off in inference mode)."""
-  del C
   return D, {"params": views.field(state, "c_ema")}

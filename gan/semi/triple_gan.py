@@ -146,7 +146,7 @@ def consistency_weight(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StepConfig(step_lib.CommonStepConfig):
+class TripleGANStepConfig(step_lib.CommonStepConfig):
   """The static settings of a Triple-GAN step."""
 
   num_classes: int
@@ -165,7 +165,7 @@ class StepConfig(step_lib.CommonStepConfig):
   trunk_d_weight: float = 1.0
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
+  def from_config(cls, config: ml_collections.ConfigDict) -> TripleGANStepConfig:
     return cls(
         **cls.common(config),
         num_classes=config.semi.num_classes,
@@ -185,7 +185,7 @@ class StepConfig(step_lib.CommonStepConfig):
     )
 
 
-def make_train_step(cfg: StepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
+def make_train_step(cfg: TripleGANStepConfig, G: nn.Module, D: nn.Module, C: nn.Module):
   """The per-device Triple-GAN step (wrap with `gan.step.pmap_step`)."""
 
   def generate(g: TrainState, params: Any, z: jax.Array, y: jax.Array):
@@ -504,8 +504,7 @@ def _epoch_batches(rng: np.random.Generator, n: int, batch: int) -> Iterator[np.
     queue = queue[batch:]
 
 
-def classifier(D: nn.Module, C: nn.Module, state: Any) -> tuple[nn.Module, dict[str, Any]]:
+def classifier(C: nn.Module, state: Any) -> tuple[nn.Module, dict[str, Any]]:
   """(module, variables) of the EMA classifier (with the raw classifier's running BN statistics)."""
-  del D
   c_ema, c = views.field(state, "c_ema"), views.field(state, "c")
   return C, {"params": c_ema, "batch_stats": views.field(c, "batch_stats")}
