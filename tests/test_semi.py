@@ -90,7 +90,7 @@ def test_method_settings_of_the_experiments():
   x = jnp.zeros((3, 28, 28, 1))
   variables = D.init({"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(1)}, x, False)
   assert D.apply(variables, x, False).shape == (3, config.semi.num_classes)  # no fake logit
-  module, _ = improved_gan.classifier(D, None, {"c_ema": variables["params"]})
+  module, _ = improved_gan.classifier(D, {"c_ema": variables["params"]})
   assert module is D
 
 
@@ -283,13 +283,14 @@ def test_each_evaluation_reuses_the_compiled_views(experiment):
   G, D, C, data, state = _setup(config)
   x = data["image"][:8]
   views._infer.clear_cache()
-  found = runs.make_views(config, G, D, C, state)
+  method = methods.get(config)
+  found = runs.make_views(config, method, methods.Networks(G, D, C), state)
   first = found["classifier"].logits(x), found["generator"].outputs(8, seed=0)
   assert views._infer._cache_size() == 2  # one for G, one for the classifier
   moved = state.replace(c_ema=jax.tree.map(lambda p: p + 0.01, state.c_ema))
   G2, D2 = models.build(config.model, axis_name=step_lib.AXIS)
   C2 = models.build_classifier(config.model, axis_name=step_lib.AXIS)
-  again = runs.make_views(config, G2, D2, C2, moved)
+  again = runs.make_views(config, method, methods.Networks(G2, D2, C2), moved)
   second = again["classifier"].logits(x), again["generator"].outputs(8, seed=0)
   assert views._infer._cache_size() == 2  # nothing compiled again
   assert not np.allclose(first[0], second[0])  # the new view runs its own parameters
