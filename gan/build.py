@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gan import checkpoint, distributed, health, methods, models, runs, toy2d, writers
+from gan import checkpoint, distributed, health, methods, models, runs, streams, toy2d, writers
 from gan import data as data_lib
 from gan import state as state_lib
 from gan import step as step_lib
@@ -83,23 +83,22 @@ def health_probe(
 ) -> tuple[jax.Array, jax.Array]:
   """The health monitor's probe: a fixed real batch and fixed latents, scored at log steps."""
   probe = min(64, config.batch_size)
+  real_key, z_key = streams.keys(streams.key(jax.random.PRNGKey(config.seed), "probe"), "real", "z")
   _, batch = data_lib.batch_fn(config.dataset)(
       jax.tree.map(jax.numpy.asarray, split.arrays()),
       jax.numpy.arange(split.num_examples),
-      jax.random.PRNGKey(config.seed + 2),
+      real_key,
       0,
       probe,
       None,
   )
-  z = jax.random.normal(jax.random.PRNGKey(config.seed + 3), (probe, config.model.z_dim))
-  return batch["image"], z
+  return batch["image"], jax.random.normal(z_key, (probe, config.model.z_dim))
 
 
 def fixed_latents(config: ml_collections.ConfigDict) -> jax.Array:
   """The latents of the sample grid, the same at every snapshot."""
-  return jax.random.normal(
-      jax.random.PRNGKey(config.seed + 1), (config.num_samples, config.model.z_dim)
-  )
+  key = streams.key(jax.random.PRNGKey(config.seed), "grid")
+  return jax.random.normal(key, (config.num_samples, config.model.z_dim))
 
 
 def train_step(

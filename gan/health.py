@@ -473,9 +473,9 @@ def top_singular_values(params: Any) -> dict[str, float]:
   """Largest singular value of every weight matrix (conv kernels as (fan_in, out)) in a tree.
 
   sqrt of the largest eigenvalue of the smaller Gram matrix, in float64: exact to
-  rounding like a full SVD, and 3-4x faster on the Improved-GAN D's 784x1000 and
-  1000x500 kernels (48 and 15 ms against 174 and 52 here), which matters because the
-  training loop calls this at every log step.
+  rounding like a full SVD, and several times faster on large kernels such as the
+  Improved-GAN D's (benchmarks/README.md), which matters because the training loop
+  calls this at every log step.
   """
   out = {}
   flat = jax.tree_util.tree_flatten_with_path(params)[0]

@@ -13,7 +13,7 @@ import optax
 from flax.training import train_state
 
 from gan import data as data_lib
-from gan import ramps
+from gan import ramps, streams
 from gan.utils import ConfigError
 
 
@@ -151,16 +151,6 @@ def with_learning_rate_scale(state: GANState, scale: float) -> GANState:
   return state.replace(**{name: scaled(getattr(state, name)) for name in state.players})
 
 
-def data_key(rng: jax.Array) -> jax.Array:
-  """The key of the data order, kept apart from the keys of the training step."""
-  return jax.random.fold_in(rng, 0x0DA7A)
-
-
-def labelled_key(rng: jax.Array) -> jax.Array:
-  """The key of the labelled subset's order (semi-supervised methods)."""
-  return jax.random.fold_in(rng, 0x1ABE1)
-
-
 def create(
     config: ml_collections.ConfigDict,
     G: nn.Module,
@@ -170,7 +160,7 @@ def create(
 ) -> GANState:
   """Initialises both players from `config.seed` (one copy, not yet on devices)."""
   rng = jax.random.PRNGKey(config.seed)
-  g_key, d_key = jax.random.split(jax.random.fold_in(rng, 0x1417))
+  g_key, d_key = streams.keys(streams.key(rng, "init"), "g_init", "d_init")
   z = jnp.zeros((1, config.model.z_dim), jnp.float32)
   g_vars = G.init(g_key, z, train=False)
   # A packing discriminator (PacGAN) needs at least `pack` examples to judge.
@@ -197,5 +187,5 @@ def create(
       d=d,
       g_ema=jax.tree.map(jnp.copy, g_vars["params"]),
       rng=rng,
-      data_perm=data_lib.epoch_permutation(data_key(rng), jnp.int32(0), num_examples),
+      data_perm=data_lib.epoch_permutation(streams.key(rng, "data"), jnp.int32(0), num_examples),
   )

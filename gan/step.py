@@ -43,8 +43,8 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from gan import augment, losses, penalties
-from gan.state import GANState, TrainState, data_key
+from gan import augment, losses, penalties, streams
+from gan.state import GANState, TrainState
 from gan.utils import ConfigError
 
 AXIS = "data"
@@ -159,12 +159,6 @@ class GANStepConfig(CommonStepConfig):
     )
 
 
-# Constants folded into a D pass's key to derive the streams of its augmentation and
-# of WGAN-GP's interpolation (the pass's key itself seeds D's dropout).
-_AUGMENT = 0xA06
-_INTERPOLATE = 0x6A9
-
-
 def _penalised(weight: float | jax.Array) -> bool:
   """Whether a penalty is computed: its weight is nonzero, or traced (see `GANStepConfig`)."""
   return isinstance(weight, jax.Array) or bool(weight)
@@ -257,12 +251,17 @@ def make_step_functions(cfg: GANStepConfig, G: nn.Module, D: nn.Module) -> StepF
   def discriminate(params: Any, batch_stats: Any, x: jax.Array, y: jax.Array | None, key):
     """D in training mode on DiffAugment(x): logits, class logits (or None), new batch_stats."""
     if cfg.diffaugment:
-      keys = example_keys(jax.random.fold_in(key, _AUGMENT), x.shape[0])
+      keys = example_keys(streams.key(key, "augment"), x.shape[0])
       x = augment.diff_augment(x, cfg.diffaugment, keys)
     variables = {"params": params} | ({"batch_stats": batch_stats} if batch_stats else {})
     labels = {"y": y} if cfg.d_classes else {}
     out, mutated = D.apply(
-        variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"], **labels
+        variables,
+        x,
+        train=True,
+        rngs={"dropout": streams.key(key, "dropout")},
+        mutable=["batch_stats"],
+        **labels,
     )
     logits, class_logits = out if cfg.ac_head else (out, None)
     return logits, class_logits, mutated.get("batch_stats", {})
@@ -301,7 +300,8 @@ def make_step_functions(cfg: GANStepConfig, G: nn.Module, D: nn.Module) -> StepF
       loss = loss + 0.5 * cfg.r1_gamma * cfg.r1_every * aux["r1"]
     if _penalised(cfg.gp_weight):
       # Interpolates are judged with the real images' labels.
-      mix_key, pass_key = jax.random.split(jax.random.fold_in(real_key, _INTERPOLATE))
+      pass_key = streams.key(real_key, "interpolate")
+      mix_key = streams.key(pass_key, "mix")
       mixed = penalties.interpolate(real, fake, example_keys(mix_key, real.shape[0]))
 
       def on_mixed(x):
@@ -341,13 +341,13 @@ def make_train_step(cfg: GANStepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     """z and, for a conditional G, the labels of this device's fakes."""
     if not cfg.g_classes:
       return sample_z(key, local_batch, cfg.z_dim), None
-    z_key, label_key = jax.random.split(key)
+    z_key, label_key = streams.keys(key, "z", "labels")
     return sample_z(z_key, local_batch, cfg.z_dim), sample_labels(
         label_key, local_batch, cfg.g_classes
     )
 
   def d_update(g: TrainState, d: TrainState, batch: dict[str, jax.Array], key: jax.Array):
-    z_key, real_key, fake_key = jax.random.split(key, 3)
+    z_key, real_key, fake_key = streams.keys(key, "z", "real", "fake")
     real = batch["image"]
     z, fake_y = latents(z_key, real.shape[0])
     fake, batch_stats = fns.generate(g, g.params, z, fake_y)
@@ -362,11 +362,11 @@ def make_train_step(cfg: GANStepConfig, G: nn.Module, D: nn.Module) -> StepFn:
     return d, g.replace(batch_stats=batch_stats), metrics
 
   def g_update(g: TrainState, d: TrainState, local_batch: int, key: jax.Array):
-    z_key, dropout_key = jax.random.split(key)
+    z_key, pass_key = streams.keys(key, "z", "fake")
     z, y = latents(z_key, local_batch)
     (loss, (fake_logits, aux, g_stats, d_stats)), grads = jax.value_and_grad(
         fns.g_loss, has_aux=True
-    )(g.params, g, d, z, y, dropout_key)
+    )(g.params, g, d, z, y, pass_key)
     grads = lax.pmean(grads, AXIS)
     metrics = {
         "loss": loss,
@@ -383,16 +383,16 @@ def make_train_step(cfg: GANStepConfig, G: nn.Module, D: nn.Module) -> StepFn:
           f"model.d.minibatch_std={cfg.minibatch_std} needs a per-device batch that is a "
           f"multiple of it, got {local_batch}"
       )
-    step_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x57E9), state.step)
-    d_keys_root, g_key = jax.random.split(step_key)
+    critic_key, g_key = streams.keys(streams.step_key(state.rng, state.step), "critic", "generator")
 
-    # A Python loop, not lax.fori_loop: on XLA:CPU the same updates inside a
-    # while loop ran 4.5x slower (1260 vs 279 ms per MNIST step at batch 64,
-    # benchmarks/README.md). n_critic is small, so unrolling costs only compile time.
+    # A Python loop, not lax.fori_loop: XLA:CPU runs the same updates several times
+    # slower inside a while loop (benchmarks/README.md). n_critic is small, so
+    # unrolling costs only compile time.
     g, d, perm = state.g, state.d, state.data_perm
+    data_key = streams.key(state.rng, "data")
     for i in range(cfg.n_critic):
-      perm, batch = cfg.batch_fn(data, perm, data_key(state.rng), d.step, cfg.global_batch, AXIS)
-      d, g, d_metrics = d_update(g, d, batch, jax.random.fold_in(d_keys_root, i))
+      perm, batch = cfg.batch_fn(data, perm, data_key, d.step, cfg.global_batch, AXIS)
+      d, g, d_metrics = d_update(g, d, batch, jax.random.fold_in(critic_key, i))
     g, d, g_metrics = g_update(g, d, local_batch, g_key)
 
     decay = ema_decay_at(state.step, cfg.ema_decay)

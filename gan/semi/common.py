@@ -10,6 +10,7 @@ import numpy as np
 from gan import data as data_lib
 from gan import state as state_lib
 from gan import step as step_lib
+from gan import streams
 
 
 def draw_batches(
@@ -24,7 +25,7 @@ def draw_batches(
   perm, unlabelled = data_lib.next_batch(
       {"image": data["image"], "label": data["label"]},
       state.data_perm,
-      state_lib.data_key(state.rng),
+      streams.key(state.rng, "data"),
       state.step,
       global_batch,
       step_lib.AXIS,
@@ -32,7 +33,7 @@ def draw_batches(
   labelled_perm, labelled = data_lib.next_batch(
       {"image": data["labelled_image"], "label": data["labelled_label"]},
       state.labelled_perm,
-      state_lib.labelled_key(state.rng),
+      streams.key(state.rng, "labelled"),
       state.step,
       global_batch,
       step_lib.AXIS,
@@ -43,16 +44,16 @@ def draw_batches(
 def first_orders(rng: jax.Array, num_images: int, num_labelled: int) -> dict[str, jax.Array]:
   """The first epoch's orders of the training split and of the (tiled) labelled subset."""
   return {
-      "data_perm": data_lib.epoch_permutation(state_lib.data_key(rng), jnp.int32(0), num_images),
+      "data_perm": data_lib.epoch_permutation(streams.key(rng, "data"), jnp.int32(0), num_images),
       "labelled_perm": data_lib.epoch_permutation(
-          state_lib.labelled_key(rng), jnp.int32(0), num_labelled
+          streams.key(rng, "labelled"), jnp.int32(0), num_labelled
       ),
   }
 
 
 def init_images(config: ml_collections.ConfigDict, images: np.ndarray) -> jax.Array:
   """`config.semi.init_batch` training images in [-1, 1], for data-dependent initialisation."""
-  index = np.random.default_rng([config.seed, 0x1417]).choice(
+  index = np.random.default_rng([config.seed, streams.STREAMS["init"]]).choice(
       len(images), config.semi.init_batch, replace=False
   )
   return jnp.asarray(images[np.sort(index)], jnp.float32) * (2.0 / 255.0) - 1.0

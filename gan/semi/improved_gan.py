@@ -37,6 +37,7 @@ import optax
 from jax import lax
 
 from gan import step as step_lib
+from gan import streams
 from gan.evaluation import views
 from gan.semi import common
 from gan.state import GANState, TrainState
@@ -92,8 +93,9 @@ def make_train_step(cfg: ImprovedGANStepConfig, G: nn.Module, D: nn.Module) -> s
   """The per-device Improved-GAN step (wrap with `gan.step.pmap_step`); D is the classifier."""
 
   def discriminate(params: Any, x: jax.Array, key: jax.Array):
+    rngs = {"noise": streams.key(key, "noise")}
     logits, mutated = D.apply(
-        {"params": params}, x, train=True, rngs={"noise": key}, mutable=["intermediates"]
+        {"params": params}, x, train=True, rngs=rngs, mutable=["intermediates"]
     )
     return logits, mutated["intermediates"]["features"][0]
 
@@ -103,17 +105,16 @@ def make_train_step(cfg: ImprovedGANStepConfig, G: nn.Module, D: nn.Module) -> s
 
   def train_step(state: GANState, data: dict[str, jax.Array]) -> tuple[GANState, step_lib.Metrics]:
     local_batch = cfg.global_batch // lax.axis_size(step_lib.AXIS)
-    step_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x57E9), state.step)
-    keys = jax.random.split(step_key, 7)
+    d_key, g_key = streams.keys(streams.step_key(state.rng, state.step), "critic", "generator")
     perm, unlabelled, labelled_perm, labelled = common.draw_batches(state, data, cfg.global_batch)
     g, d = state.g, state.d
-    z = step_lib.sample_z(keys[0], local_batch, cfg.z_dim)
+    z = step_lib.sample_z(streams.key(d_key, "z"), local_batch, cfg.z_dim)
     fake = lax.stop_gradient(generate(g, g.params, z)[0])
 
     def d_loss_fn(params):
-      lab_logits, _ = discriminate(params, labelled["image"], keys[1])
-      real_logits, _ = discriminate(params, unlabelled["image"], keys[2])
-      fake_logits, _ = discriminate(params, fake, keys[3])
+      lab_logits, _ = discriminate(params, labelled["image"], streams.key(d_key, "labelled"))
+      real_logits, _ = discriminate(params, unlabelled["image"], streams.key(d_key, "unlabelled"))
+      fake_logits, _ = discriminate(params, fake, streams.key(d_key, "fake"))
       sup = supervised_loss(lab_logits, labelled["label"])
       unsup = unsupervised_loss(real_logits, fake_logits)
       return sup + cfg.unlabelled_weight * unsup, (sup, unsup, lab_logits, real_logits, fake_logits)
@@ -123,13 +124,13 @@ def make_train_step(cfg: ImprovedGANStepConfig, G: nn.Module, D: nn.Module) -> s
     d_grads = lax.pmean(d_grads, step_lib.AXIS)
     d = d.apply_gradients(grads=d_grads)
 
-    g_real = _uniform_examples(keys[4], data, local_batch)
-    g_z = step_lib.sample_z(keys[5], local_batch, cfg.z_dim)
-    _, real_features = discriminate(d.params, g_real, keys[6])
+    g_real = _uniform_examples(streams.key(g_key, "unlabelled"), data, local_batch)
+    g_z = step_lib.sample_z(streams.key(g_key, "z"), local_batch, cfg.z_dim)
+    _, real_features = discriminate(d.params, g_real, streams.key(g_key, "real"))
 
     def g_loss_fn(params):
       fake, batch_stats = generate(g, params, g_z)
-      fake_logits, fake_features = discriminate(d.params, fake, jax.random.fold_in(keys[6], 1))
+      fake_logits, fake_features = discriminate(d.params, fake, streams.key(g_key, "fake"))
       loss = feature_matching_loss(real_features, fake_features, step_lib.AXIS)
       return loss, (batch_stats, fake_logits)
 
@@ -184,7 +185,9 @@ def create_state(
   `images` is the uint8 training split; `num_labelled` the (tiled) labelled set's size.
   """
   rng = jax.random.PRNGKey(config.seed)
-  g_key, d_key, noise_key, init_key = jax.random.split(jax.random.fold_in(rng, 0x1417), 4)
+  g_key, d_key, noise_key, init_key = streams.keys(
+      streams.key(rng, "init"), "g_init", "d_init", "noise", "z"
+  )
   z = jax.random.normal(init_key, (config.semi.init_batch, config.model.z_dim))
   g_vars = G.init(g_key, z, train=False)
   x = common.init_images(config, images)

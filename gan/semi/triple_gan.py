@@ -72,7 +72,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from gan import augment, ramps
+from gan import augment, ramps, streams
 from gan import step as step_lib
 from gan.evaluation import classifiers, views
 from gan.models import shared_trunk, whitening
@@ -199,14 +199,14 @@ def make_train_step(cfg: TripleGANStepConfig, G: nn.Module, D: nn.Module, C: nn.
     return {**params, shared_trunk.TRUNK: c_params[shared_trunk.TRUNK]}
 
   def discriminate(params: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> jax.Array:
-    rngs = {"noise": key, "dropout": jax.random.fold_in(key, 1)}
+    rngs = {"noise": streams.key(key, "noise"), "dropout": streams.key(key, "dropout")}
     return D.apply({"params": params}, x, train=True, y=y, rngs=rngs)
 
   def classify(c: TrainState, params: Any, x: jax.Array, key: jax.Array):
     if cfg.classifier_augment:
-      keys = step_lib.example_keys(jax.random.fold_in(key, 2), x.shape[0])
+      keys = step_lib.example_keys(streams.key(key, "augment"), x.shape[0])
       x = augment.diff_augment(x, cfg.classifier_augment, keys)
-    rngs = {"dropout": key, "noise": jax.random.fold_in(key, 1)}
+    rngs = {"dropout": streams.key(key, "dropout"), "noise": streams.key(key, "noise")}
     logits, mutated = C.apply(
         c.variables(params), x, train=True, rngs=rngs, mutable=["batch_stats"]
     )
@@ -214,27 +214,28 @@ def make_train_step(cfg: TripleGANStepConfig, G: nn.Module, D: nn.Module, C: nn.
 
   def train_step(state: GANState, data: dict[str, jax.Array]) -> tuple[GANState, step_lib.Metrics]:
     local_batch = cfg.global_batch // lax.axis_size(step_lib.AXIS)
-    step_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x57E9), state.step)
-    keys = iter(jax.random.split(step_key, 16))
+    d_key, c_key, g_key = streams.keys(
+        streams.step_key(state.rng, state.step), "critic", "classifier", "generator"
+    )
     perm, unlabelled, labelled_perm, labelled = common.draw_batches(state, data, cfg.global_batch)
     g, d, c = state.g, state.d, state.c
     x_l, y_l, x_u = labelled["image"], labelled["label"], unlabelled["image"]
     ids = step_lib.global_example_ids(local_batch)
     y_g = ids % cfg.num_classes  # balanced labels for the generated pairs
-    z = step_lib.sample_z(next(keys), local_batch, cfg.z_dim)
+    z = step_lib.sample_z(streams.key(d_key, "z"), local_batch, cfg.z_dim)
     fake = lax.stop_gradient(generate(g, g.params, z, y_g)[0])
     # C's unlabelled pass runs twice with one dropout key: here to draw the labels, and in
     # C's loss for their log-probabilities, which the score-function gradient needs from
     # the very distribution the labels were drawn from.
-    c_unlabelled_key = next(keys)
+    c_unlabelled_key = streams.key(c_key, "unlabelled")
     c_logits_u, _ = classify(c, c.params, x_u, c_unlabelled_key)
-    sample_key = next(keys)
+    sample_key = streams.key(c_key, "sample")
     y_c = jax.vmap(lambda i, x: jax.random.categorical(jax.random.fold_in(sample_key, i), x))(
         ids, lax.stop_gradient(c_logits_u)
     )  # example i's label depends on its index in the global batch only
 
     # D: labelled pairs are real; classifier-labelled and generated pairs are fake.
-    d_keys = [next(keys) for _ in range(3)]
+    d_keys = streams.keys(d_key, "labelled", "unlabelled", "fake")
 
     def d_loss_fn(params, c_params):
       params = with_trunk(params, c_params)
@@ -254,11 +255,12 @@ def make_train_step(cfg: TripleGANStepConfig, G: nn.Module, D: nn.Module, C: nn.
     d = d.apply_gradients(grads=d_grads)
 
     # C: supervised, adversarial (against the new D) and, once switched on, pseudo-labels.
-    d_on_classified = discriminate(with_trunk(d.params, c.params), x_u, y_c, next(keys))
-    c_keys = [next(keys), c_unlabelled_key, next(keys)]
+    judge_key = streams.key(c_key, "judge")
+    d_on_classified = discriminate(with_trunk(d.params, c.params), x_u, y_c, judge_key)
+    c_keys = [streams.key(c_key, "labelled"), c_unlabelled_key, streams.key(c_key, "fake")]
     pseudo_weight = jnp.where(state.step >= cfg.pseudo_start, cfg.alpha_p, 0.0)
     # The Pi-model's second pass over x_u: its own noise, dropout and augmentation.
-    pi_key = jax.random.fold_in(step_key, 0xC0475)
+    pi_key = streams.key(c_key, "consistency")
     pi_weight = consistency_weight(
         state.step, cfg.consistency_weight, cfg.consistency_rampup_epochs, cfg.steps_per_epoch
     )
@@ -289,11 +291,12 @@ def make_train_step(cfg: TripleGANStepConfig, G: nn.Module, D: nn.Module, C: nn.
     c = c.apply_gradients(grads=c_grads, batch_stats=c_batch_stats)
 
     # G: non-saturating, against the new D.
-    g_z, g_key = step_lib.sample_z(next(keys), local_batch, cfg.z_dim), next(keys)
+    g_z = step_lib.sample_z(streams.key(g_key, "z"), local_batch, cfg.z_dim)
+    g_pass_key = streams.key(g_key, "fake")
 
     def g_loss_fn(params):
       images, batch_stats = generate(g, params, g_z, y_g)
-      logits = discriminate(with_trunk(d.params, c.params), images, y_g, g_key)
+      logits = discriminate(with_trunk(d.params, c.params), images, y_g, g_pass_key)
       return jnp.mean(jax.nn.softplus(-logits)), (batch_stats, logits)
 
     (g_loss, (g_batch_stats, g_logits)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
@@ -357,7 +360,9 @@ def create_state(
   the trunk, which lives in C's (see the module docstring).
   """
   rng = jax.random.PRNGKey(config.seed)
-  keys = jax.random.split(jax.random.fold_in(rng, 0x1417), 6)
+  keys = streams.keys(
+      streams.key(rng, "init"), "z", "labels", "g_init", "d_init", "noise", "c_init"
+  )
   n, num_classes = config.semi.init_batch, config.semi.num_classes
   z = jax.random.normal(keys[0], (n, config.model.z_dim))
   y = jax.random.randint(keys[1], (n,), 0, num_classes)
@@ -436,7 +441,7 @@ def pretrain(
   tx = optax.adam(pre.lr, b1=pre.b1, b2=0.999, eps=1e-8)
   c = state.c
   carry = (c.params, c.batch_stats, tx.init(c.params), state.c_ema)
-  key = jax.random.fold_in(state.rng, 0x9E7A)
+  key = streams.key(state.rng, "pretrain")
 
   @jax.jit
   def step(carry, x_l, y_l, x_u, y_u, t):
@@ -444,15 +449,15 @@ def pretrain(
     k = jax.random.fold_in(key, t)
 
     def apply(p, x, k):
-      rngs = {"dropout": k, "noise": jax.random.fold_in(k, 1)}
+      rngs = {"dropout": streams.key(k, "dropout"), "noise": streams.key(k, "noise")}
       variables = {"params": p, "batch_stats": batch_stats} if batch_stats else {"params": p}
       return C1.apply(
           variables, classifiers.to_float(x), train=True, rngs=rngs, mutable=["batch_stats"]
       )
 
     def loss_fn(p):
-      logits_l, _ = apply(p, x_l, jax.random.fold_in(k, 2))
-      logits_u, mutated = apply(p, x_u, jax.random.fold_in(k, 3))
+      logits_l, _ = apply(p, x_l, streams.key(k, "labelled"))
+      logits_u, mutated = apply(p, x_u, streams.key(k, "unlabelled"))
       sup, ent, bal = cross_entropy(logits_l, y_l), entropy(logits_u), balance(logits_u)
       loss = sup + pre.entropy_weight * ent + pre.balance_weight * bal
       acc_u = jnp.mean(jnp.argmax(logits_u, -1) == y_u)
@@ -466,7 +471,7 @@ def pretrain(
     )
     return (params, batch_stats, opt_state, ema), (loss, *parts)
 
-  rng = np.random.default_rng([config.seed, 0x9E7A])
+  rng = np.random.default_rng([config.seed, streams.STREAMS["pretrain"]])
   unlabelled_batches = _epoch_batches(rng, len(images), u_batch)
   labelled_batches = _epoch_batches(rng, num_labelled, l_batch)
   log_every = max(1, pre.steps // 10)
