@@ -49,51 +49,33 @@ Train (GPU; `pip install -e .[cuda12]`):
 (`config.model.dtype`, see `gan.models.conditioning`). Variants combine with
 commas (`smoke,bf16`).
 
-On a CPU: `smoke` (seconds; tests) and `cpu30`, a ~30-minute run on one core of
-the 2-core development machine sized from measured costs (the full-size step
-takes ~34 s there, benchmarks/README.md):
+On a CPU: `smoke` (seconds; tests) and `cpu30`, a run sized to about half an hour
+on one CPU core from the measured step costs (benchmarks/README.md):
 
   python -m gan.main --config experiments/cifar10.py:smoke --workdir /tmp/cifar10_smoke
   taskset -c 0 python -m gan.main --config experiments/cifar10.py:cpu30 --workdir runs/cifar10_cpu30
 
 cpu30 keeps the recipe (hinge, n_critic 5, Adam (0, 0.9), linear decay, EMA,
-batch 64) with G and D 32 channels wide, 900 generator steps (~1.7 s each on
-one core) and the FCD of 10,000 samples every 150 steps (~35 s each), so the
-run leaves an FCD curve of 6 points and sample grids every 150 steps. For scale:
-an untrained G scores FCD ~68, 10,000 real training images 0.71.
+batch 64) with G and D 32 channels wide, 900 generator steps and the FCD of
+10,000 samples every 150 steps, so the run leaves an FCD curve of 6 points and
+sample grids every 150 steps. Measured results: docs/results.md.
 """
 
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
 
-from gan import health
+from experiments import base
 from gan.evaluation import evaluators
 
 VARIANTS = ("smoke", "cpu30", "bf16")
 
 
-def variant_parts(variant: str, known: tuple[str, ...] = VARIANTS) -> list[str]:
-  """The comma-separated parts of `variant`, each checked to be one of `known`."""
-  parts = [p for p in variant.split(",") if p]
-  for part in parts:
-    if part not in known:
-      raise ValueError(f"unknown variant {part!r}; use '' or a mix of {known}")
-  return parts
-
-
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """Returns the experiment config; `variant` is "" or a comma-separated mix of VARIANTS."""
-  parts = variant_parts(variant)
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  parts = base.parse_variant(variant, VARIANTS)
+  config = base.config("cifar10")
 
-  config.dataset = "cifar10"
-  config.train_split = "train"
-  config.data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or TFDS's default.
-
-  config.model = ml_collections.ConfigDict()
   config.model.generator = "sngan_resnet32"
   config.model.discriminator = "sngan_resnet32"  # spectral norm on by default
   config.model.z_dim = 128
@@ -102,10 +84,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # "bfloat16": mixed precision
 
   config.loss = "hinge"
-  config.label_smoothing = 0.0
   config.n_critic = 5
   adam = {"lr": 2e-4, "b1": 0.0, "b2": 0.9, "decay": "linear"}
-  config.optim = ml_collections.ConfigDict()
   config.optim.g = ml_collections.ConfigDict(adam)
   config.optim.d = ml_collections.ConfigDict(adam)
   config.ema_decay = 0.9999
@@ -116,13 +96,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.log_every = 100
   config.sample_every = 1000
   config.checkpoint_every = 5000
-  config.keep_checkpoints = 3
-  # How the step is mapped over the devices: "auto" (shard_map in one process, pmap across
-  # processes), "pmap" or "shard_map" (`gan.train`).
-  config.parallel = "auto"
-  config.num_samples = 64  # fixed-noise grid, 8 x 8
 
-  config.evals = ml_collections.ConfigDict()
   config.evals.cifar_resnet20 = evaluators.settings(
       "classifier", arch="cifar_resnet20", every=2500, num_samples=10_000, split="test"
   )
@@ -137,7 +111,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.best_checkpoint = ml_collections.ConfigDict(
       {"metric": "cifar_resnet20/fcd", "mode": "min", "keep": 1}
   )
-  config.health = health.defaults()
 
   if "cpu30" in parts:
     config.model.g.width = config.model.d.width = 32

@@ -36,14 +36,15 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import cifar10
+from experiments import base, cifar10
 
+VARIANTS = ("smoke", "bf16")  # as in experiments/cifar10.py
 NUM_CLASSES = 10
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  """`variant`: "" or a comma-separated mix of "smoke" and "bf16" (see experiments/cifar10.py)."""
-  parts = cifar10.variant_parts(variant, ("smoke", "bf16"))
+  """Returns the experiment config; `variant` is "" or a comma-separated mix of VARIANTS."""
+  parts = base.parse_variant(variant, VARIANTS)
   config = cifar10.get_config(variant)
   config.model.g.num_classes = NUM_CLASSES  # conditional batch norm
   config.model.d.num_classes = NUM_CLASSES  # projection (model.d.projection defaults to True)

@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import cifar10
+from experiments import base, cifar10
+
+VARIANTS = ("smoke", "bf16")  # as in experiments/cifar10.py
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  """`variant`: "" or a comma-separated mix of "smoke" and "bf16" (see experiments/cifar10.py)."""
-  parts = cifar10.variant_parts(variant, ("smoke", "bf16"))
+  """Returns the experiment config; `variant` is "" or a comma-separated mix of VARIANTS."""
+  parts = base.parse_variant(variant, VARIANTS)
   config = cifar10.get_config(variant)
   config.model.generator = config.model.discriminator = "sngan_cnn32"
   config.model.g.width = config.model.d.width = 8 if "smoke" in parts else 64

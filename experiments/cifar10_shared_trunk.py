@@ -11,12 +11,10 @@ projection head: D judges pairs, as Triple-GAN's D(x, y) must). G is the
 Triple-GAN CIFAR-10 generator (`gan.models.cifar_semi`).
 
 D pools by the mean, not by SNGAN's sum: without spectral norm a sum over the
-8x8 positions made D's logits (initial loss 5-13) and its gradient on the
-shared trunk so large that C's gradient drowned in Adam's normalisation. The
-first `:cpu` run kept C at chance (supervised loss 2.24-2.30 for 250 steps);
-even at 0.1x D's gradient on the trunk (`semi.trunk_d_weight`) C had not moved
-by step 100. With mean pooling C learns under the full gradient (loss 2.20 at
-step 100, against 2.14 with no D gradient on the trunk at all).
+8x8 positions made D's logits and its gradient on the shared trunk so large
+that C's gradient drowned in Adam's normalisation and C stayed at chance, even
+with D's gradient on the trunk scaled down (`semi.trunk_d_weight`). With mean
+pooling C learns under the full gradient (docs/semi_supervised.md).
 
 How the shared parameters are trained (`config.semi.shared_trunk`,
 `gan.semi.triple_gan`): the trunk lives in C's state, D's state holds its
@@ -45,12 +43,10 @@ Train (the full run; for a GPU, `pip install -e .[cuda12]`):
 
   python -m gan.main --config experiments/cifar10_shared_trunk.py --workdir runs/shared_trunk
 
-On this CPU: `cpu` is a background run of about 75 minutes on one core, NOT
-the full recipe: width 32, C's learning rate 1e-3, 2,000 steps (4 epochs;
-measured 1.95 s per step with the other core busy), the ramps counting
-100-step "epochs" (consistency weight 0 for 100 steps, ramped up to 10 by
-step 500), R_P from step 1,000, no annealing. Measured (seed 0): 46.3% test
-error (53.7% accuracy) at the end, still falling; see the README.
+On a CPU: `cpu` is a background run sized for one core, NOT the full recipe:
+width 32, C's learning rate 1e-3, 2,000 steps (4 epochs), the ramps counting
+100-step "epochs" (consistency weight 0 for 100 steps, ramped up to 10 by step
+500), R_P from step 1,000, no annealing. Measured results: docs/semi_supervised.md.
 `smoke` runs in a few seconds (tests):
 
   taskset -c 0 nohup python -m gan.main --config experiments/cifar10_shared_trunk.py:cpu \\
@@ -62,17 +58,17 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import cifar10_triple_gan
+from experiments import base, cifar10_triple_gan
 from gan.evaluation import evaluators
 
+VARIANTS = ("cpu", "smoke")
 STEPS_PER_EPOCH = cifar10_triple_gan.STEPS_PER_EPOCH
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  """Returns the experiment config; variants "" (the full run), "cpu" and "smoke"."""
-  if variant not in ("", "cpu", "smoke"):
-    raise ValueError(f"unknown variant {variant!r}; use '', 'cpu' or 'smoke'")
-  config = cifar10_triple_gan.get_config()
+  """Returns the experiment config; `variant` is "" (the full run), "cpu" or "smoke"."""
+  parts = base.parse_variant(variant, VARIANTS)
+  config = cifar10_triple_gan.get_config()  # the method's CIFAR-10 recipe, on other networks
   config.model.discriminator = config.model.classifier = "shared_trunk"
   config.model.d = ml_collections.ConfigDict({"width": 128, "num_classes": 10, "pool": "mean"})
   config.model.c = ml_collections.ConfigDict({"width": 128, "dropout_rate": 0.5})
@@ -93,7 +89,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   semi.pseudo_start_step = 100 * STEPS_PER_EPOCH
   config.health.enabled = False
 
-  if variant == "cpu":
+  if "cpu" in parts:
     config.model.g.width = 32
     config.model.d.width = config.model.c.width = 32
     config.num_steps = 2000
@@ -104,7 +100,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.log_every = 50
     config.evals.classifier.every = 250
     config.checkpoint_every = config.sample_every = 250
-  if variant == "smoke":
+  if "smoke" in parts:
     config.model.g.width = 8
     config.model.d.width = config.model.c.width = 8
     semi.labels_per_class = 2

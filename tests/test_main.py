@@ -48,6 +48,13 @@ def test_bad_config_is_one_line(tmp_path, override, fragments):
   )
 
 
+def test_unknown_variant_is_one_line(tmp_path):
+  config = os.path.join(ROOT, "experiments", "mnist.py") + ":smoke,bogus"
+  result = _run(["--config", config, "--workdir", str(tmp_path / "run")])
+  _assert_one_line_error(result, "unknown variant 'bogus'", "smoke, mlp")
+  assert not os.path.exists(tmp_path / "run")
+
+
 def test_config_by_full_path_from_another_directory(tmp_path, monkeypatch):
   # An experiment file that imports its base (`from experiments import mnist`) loads
   # from any directory: the installed package, not the repository as the working
