@@ -44,16 +44,21 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from jax import lax
 
 from gan import toy2d, utils
 
 # TensorFlow is only used to read TFDS files; keep its start-up chatter quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+ArrayT = TypeVar("ArrayT", np.ndarray, jax.Array)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -83,6 +88,14 @@ class Split:
       digest.update(f"{array.dtype.str}{array.shape}".encode())
       digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()[:16]
+
+
+def to_float(images: ArrayT, dtype: npt.DTypeLike = jnp.float32) -> ArrayT:
+  """uint8 images in [0, 255] -> `dtype` in [-1, 1], the range the generators produce.
+
+  A NumPy array stays a NumPy array, a JAX array a JAX array.
+  """
+  return images.astype(dtype) * (2.0 / 255.0) - 1.0
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -297,7 +310,7 @@ def next_batch(
   local_batch, first = _device_share(global_batch, axis_name)
   start = position * global_batch + first
   index = lax.dynamic_slice_in_dim(perm, start * stack, local_batch * stack)
-  image = data["image"][index].astype(jnp.float32) * (2.0 / 255.0) - 1.0
+  image = to_float(data["image"][index])
   label = data["label"][index]
   if stack > 1:
     height, width = image.shape[1:3]

@@ -134,7 +134,7 @@ class Classifier:
 
     @jax.jit
     def apply(images: jax.Array) -> tuple[jax.Array, jax.Array]:
-      return module.apply(variables, to_float(images), train=False)
+      return module.apply(variables, data_lib.to_float(images), train=False)
 
     self._apply = apply
 
@@ -155,11 +155,6 @@ def batched(fn, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     for k, v in fn(padded).items():
       out.setdefault(k, []).append(np.asarray(v)[: len(chunk)])
   return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def to_float(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1], the range the generators produce."""
-  return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
 
 
 def _augment(key: jax.Array, images: jax.Array, recipe: Recipe) -> jax.Array:
@@ -199,13 +194,13 @@ def train(
   schedule = optax.cosine_decay_schedule(recipe.lr, epochs * steps_per_epoch)
   tx = optax.adamw(schedule, weight_decay=recipe.weight_decay)
   key = jax.random.PRNGKey(seed)
-  variables = module.init(key, to_float(jnp.asarray(x_train[:1])), train=False)
+  variables = module.init(key, data_lib.to_float(jnp.asarray(x_train[:1])), train=False)
   params, batch_stats = variables["params"], variables["batch_stats"]
   opt_state = tx.init(params)
 
   @jax.jit
   def step(params, batch_stats, opt_state, images, labels, key):
-    images = to_float(_augment(key, images, recipe))
+    images = data_lib.to_float(_augment(key, images, recipe))
 
     def loss_fn(p):
       (logits, _), mutated = module.apply(

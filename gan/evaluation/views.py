@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from gan import data as data_lib
 from gan import models
 from gan.utils import ConfigError
 
@@ -110,6 +111,6 @@ class Classifier:
     """Class logits of uint8 images, scaled to [-1, 1] as in training."""
     out = []
     for start in range(0, len(images), batch_size):
-      x = np.asarray(images[start : start + batch_size], np.float32) * (2.0 / 255.0) - 1.0
+      x = data_lib.to_float(np.asarray(images[start : start + batch_size]))
       out.append(np.asarray(_infer(self.module, self.variables, x)))
     return np.concatenate(out)

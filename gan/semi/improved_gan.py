@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from gan import data as data_lib
 from gan import step as step_lib
 from gan.evaluation import views
 from gan.semi import common
@@ -85,7 +86,7 @@ def _uniform_examples(key: jax.Array, data: dict[str, jax.Array], local_batch: i
   num = data["image"].shape[0]
   ids = step_lib.global_example_ids(local_batch)
   index = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, num))(ids)
-  return data["image"][index].astype(jnp.float32) * (2.0 / 255.0) - 1.0
+  return data_lib.to_float(data["image"][index])
 
 
 def make_train_step(

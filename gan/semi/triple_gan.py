@@ -73,8 +73,9 @@ import optax
 from jax import lax
 
 from gan import augment, ramps
+from gan import data as data_lib
 from gan import step as step_lib
-from gan.evaluation import classifiers, views
+from gan.evaluation import views
 from gan.models import shared_trunk, whitening
 from gan.semi import common
 from gan.state import GANState, TrainState
@@ -447,7 +448,7 @@ def pretrain(
       rngs = {"dropout": k, "noise": jax.random.fold_in(k, 1)}
       variables = {"params": p, "batch_stats": batch_stats} if batch_stats else {"params": p}
       return C1.apply(
-          variables, classifiers.to_float(x), train=True, rngs=rngs, mutable=["batch_stats"]
+          variables, data_lib.to_float(x), train=True, rngs=rngs, mutable=["batch_stats"]
       )
 
     def loss_fn(p):
