@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -19,6 +18,7 @@ import numpy as np
 
 from gan import data as data_lib
 from gan import models
+from gan.state import field
 from gan.utils import ConfigError
 
 
@@ -91,11 +91,6 @@ class Generator:
       y = None if labels is None else labels[start : start + batch_size]
       out.append(np.asarray(_infer(self.module, self.variables, z, y)))
     return np.concatenate(out)[:num]
-
-
-def field(tree: Any, name: str) -> Any:
-  """`tree.name` of a state object, or `tree[name]` of the dict a checkpoint restores to."""
-  return tree[name] if isinstance(tree, Mapping) else getattr(tree, name)
 
 
 class Classifier:

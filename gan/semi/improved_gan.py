@@ -38,9 +38,8 @@ from jax import lax
 
 from gan import data as data_lib
 from gan import step as step_lib
-from gan.evaluation import views
 from gan.semi import common
-from gan.state import GANState, TrainState
+from gan.state import GANState, TrainState, field
 
 
 def supervised_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -212,4 +211,4 @@ def create_state(
 def classifier(D: nn.Module, C: nn.Module | None, state: Any) -> tuple[nn.Module, dict[str, Any]]:
   """(module, variables) of the EMA classifier: D's K logits (noise off in inference mode)."""
   del C
-  return D, {"params": views.field(state, "c_ema")}
+  return D, {"params": field(state, "c_ema")}

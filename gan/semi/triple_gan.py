@@ -75,10 +75,9 @@ from jax import lax
 from gan import augment, ramps
 from gan import data as data_lib
 from gan import step as step_lib
-from gan.evaluation import views
 from gan.models import shared_trunk, whitening
 from gan.semi import common
-from gan.state import GANState, TrainState
+from gan.state import GANState, TrainState, field
 from gan.utils import ConfigError
 
 
@@ -508,5 +507,5 @@ def _epoch_batches(rng: np.random.Generator, n: int, batch: int) -> Iterator[np.
 def classifier(D: nn.Module, C: nn.Module, state: Any) -> tuple[nn.Module, dict[str, Any]]:
   """(module, variables) of the EMA classifier (with the raw classifier's running BN statistics)."""
   del D
-  c_ema, c = views.field(state, "c_ema"), views.field(state, "c")
-  return C, {"params": c_ema, "batch_stats": views.field(c, "batch_stats")}
+  c_ema, c = field(state, "c_ema"), field(state, "c")
+  return C, {"params": c_ema, "batch_stats": field(c, "batch_stats")}
