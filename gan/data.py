@@ -134,6 +134,32 @@ def example_shape(name: str, split: Split) -> tuple[int, ...]:
   return tuple(split.image.shape[1:])
 
 
+def is_points(name: str) -> bool:
+  """Whether the examples of dataset `name` are 2D points (a mixture) rather than images."""
+  return name in toy2d.MIXTURES
+
+
+def reference_points(name: str) -> np.ndarray:
+  """The real points a points dataset's samples are plotted over: its component means (K, 2)."""
+  return toy2d.get(name).means
+
+
+def check_batch_fits(name: str, split: Split, batch_size: int) -> None:
+  """Raises ConfigError if one global batch needs more examples than `split` holds.
+
+  A stacked example takes several images; a points dataset samples fresh
+  points for every batch, so any batch fits.
+  """
+  if is_points(name):
+    return
+  needed = STACKED.get(name, (None, 1))[1] * batch_size
+  if split.num_examples < needed:
+    raise utils.ConfigError(
+        f"batch_size {batch_size} needs {needed} training images per batch; "
+        f"the split has {split.num_examples}"
+    )
+
+
 def load(name: str, split: str, data_dir: str | None = None) -> Split:
   """Reads a whole TFDS split from a prepared data_dir, never downloading.
 
@@ -144,7 +170,7 @@ def load(name: str, split: str, data_dir: str | None = None) -> Split:
     DatasetNotFoundError: the dataset is not prepared in the data_dir (MNIST
       falls back to the bundled sample instead).
   """
-  if name in toy2d.MIXTURES:
+  if is_points(name):
     mixture = toy2d.get(name)
     labels = np.arange(mixture.num_modes, dtype=np.int32)
     return Split(image=mixture.means, label=labels, source=f"{name} mixture (gan.toy2d)")
@@ -345,7 +371,7 @@ def mixture_batch(
 
 def batch_fn(name: str) -> BatchFn:
   """The in-step batch function of dataset `name` (signature of `next_batch`)."""
-  if name in toy2d.MIXTURES:
+  if is_points(name):
     return functools.partial(mixture_batch, toy2d.get(name))
   if name in STACKED:
     return functools.partial(next_batch, stack=STACKED[name][1])

@@ -380,7 +380,7 @@ def build(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def default_evals(dataset: str) -> dict[str, ml_collections.ConfigDict]:
   """Evaluators for runs whose config declares none (e.g. runs made before evals existed)."""
-  if dataset in toy2d.MIXTURES:
+  if data_lib.is_points(dataset):
     return {"toy2d": settings("toy2d")}
   if dataset == "stacked_mnist":
     return {"stacked_mnist": settings("stacked_mnist")}
