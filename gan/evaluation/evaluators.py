@@ -221,7 +221,9 @@ class InceptionEvaluator:
     values |= metrics.precision_recall(ref["features"][:n], stats.features[:n], k=3)
     kid_m = min(cfg.kid_subset_size, len(ref["features"]), len(stats.features))
     protocol = {
-        "extractor": "FID InceptionV3 (pytorch-fid port of the 2015-12-05 TF graph), pool3",
+        "extractor": (
+            f"FID InceptionV3 (pytorch-fid port of the {inception.GRAPH_DATE} TF graph), pool3"
+        ),
         "weights_sha256": self.sha256,
         "resize": "bilinear to 299x299 (jax.image.resize, no antialias), uint8 inputs",
         "num_generated": cfg.num_samples,
