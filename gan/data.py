@@ -8,11 +8,11 @@ and scales it to [-1, 1]. So there is no per-step Python, tf.data or
 host-to-device work, the data order is part of the checkpoint, and a batch is
 the same whatever the number of devices it is split over.
 
-Images stay uint8 on the device (MNIST train: 47 MB instead of 188 MB as
-float32), which keeps the MNIST run well inside its memory budget.
+Images stay uint8 on the device, a quarter of their size as float32, which
+keeps the MNIST run well inside its memory budget.
 
-Reading a split with TensorFlow takes a child process and 13-17 s on the
-2-core VM, mostly TensorFlow's import, so each split read is kept as an
+Reading a split with TensorFlow takes a child process and several seconds,
+mostly TensorFlow's import, so each split read is kept as an
 uncompressed .npz under `<cache>/data/` (`gan.utils.cache_root`), keyed by the
 data_dir, the split, the reader (`_CACHE_FORMAT`, the tensorflow-datasets
 version), the size and modification time of every file of the prepared
@@ -251,8 +251,8 @@ def _cached_read(name: str, split: str, root: str) -> tuple[np.ndarray, np.ndarr
 def _read_split(name: str, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
   """Reads a split with TensorFlow (`_read_tfds`) in a child process."""
   # TensorFlow never lives in the training process, where it would keep its
-  # runtime and thread pools resident for the whole run (peak RSS of the MNIST
-  # run: 1.78 GB with TensorFlow in-process, ~1.2 GB without).
+  # runtime and thread pools resident for the whole run, a large part of the
+  # MNIST run's peak memory.
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
     return pool.submit(_read_tfds, name, split, root).result()
@@ -285,8 +285,8 @@ def _epoch_order(new_epoch: jax.Array, key: jax.Array, epoch: jax.Array, perm: j
 @_epoch_order.def_vmap
 def _epoch_order_vmap(axis_size: int, in_batched: list[bool], *args: jax.Array):
   """Under vmap (a population of runs, `gan.population`) a batched predicate would turn the
-  `lax.cond` into a select that draws every run's permutation at every step (77 ms per
-  60,000 examples here); they are drawn only when some run starts an epoch."""
+  `lax.cond` into a select that draws every run's permutation at every step; they are
+  drawn only when some run starts an epoch."""
   new_epoch, key, epoch, perm = (
       x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
       for x, batched in zip(args, in_batched, strict=True)

@@ -16,7 +16,7 @@ the others wait for it (a lock file beside the entry). Train or refresh one with
 
   python -m gan.evaluation.classifiers --dataset mnist --arch mnist_cnn
 
-Measured (2-core CPU VM, jax 0.10.2): see `info.json` and the README results.
+Each entry's `info.json` records its test accuracy and training time.
 """
 
 from __future__ import annotations
@@ -113,8 +113,6 @@ RECIPES: dict[str, Recipe] = {
     "mnist_cnn": Recipe(
         MnistCNN, epochs=5, batch_size=128, lr=3e-3, weight_decay=1e-4, shift=2, flip=False
     ),
-    # 15 epochs: 83.51% test accuracy, 7,510 s on one (shared) core of the 2-core
-    # development VM; recorded in info.json and the README.
     "cifar_resnet20": Recipe(
         CifarResNet, epochs=15, batch_size=128, lr=3e-3, weight_decay=5e-4, shift=4, flip=True
     ),
@@ -358,9 +356,10 @@ def _other_training_data(
   Offline (the dataset not prepared, or its train split unreadable) any cached
   classifier fits: one trained on the real data stays in use. One trained on
   the offline MNIST sample is replaced once the real data is there. One cached
-  before digests were recorded (2026-12-03) but trained on the dataset's TFDS
-  train split is adopted, its digest recorded as the current data's, so runs
-  already scored by it stay comparable.
+  before `info.json` recorded a digest of the training data (no `train_data`)
+  but trained on the dataset's TFDS train split is adopted, its digest
+  recorded as the current data's, so runs already scored by it stay
+  comparable.
   """
   if not os.path.isdir(os.path.join(data_lib.resolve_data_dir(data_dir), dataset)):
     return None
