@@ -8,11 +8,11 @@ and scales it to [-1, 1]. So there is no per-step Python, tf.data or
 host-to-device work, the data order is part of the checkpoint, and a batch is
 the same whatever the number of devices it is split over.
 
-Images stay uint8 on the device (MNIST train: 47 MB instead of 188 MB as
-float32), which keeps the MNIST run well inside its memory budget.
+Images stay uint8 on the device, a quarter of their size as float32, which
+keeps the MNIST run well inside its memory budget.
 
-Reading a split with TensorFlow takes a child process and 13-17 s on the
-2-core VM, mostly TensorFlow's import, so each split read is kept as an
+Reading a split with TensorFlow takes a child process and several seconds,
+mostly TensorFlow's import, so each split read is kept as an
 uncompressed .npz under `<cache>/data/` (`gan.utils.cache_root`), keyed by the
 data_dir, the split, the reader (`_CACHE_FORMAT`, the tensorflow-datasets
 version), the size and modification time of every file of the prepared
@@ -44,16 +44,21 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from jax import lax
 
 from gan import toy2d, utils
 
 # TensorFlow is only used to read TFDS files; keep its start-up chatter quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+ArrayT = TypeVar("ArrayT", np.ndarray, jax.Array)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -83,6 +88,14 @@ class Split:
       digest.update(f"{array.dtype.str}{array.shape}".encode())
       digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()[:16]
+
+
+def to_float(images: ArrayT, dtype: npt.DTypeLike = jnp.float32) -> ArrayT:
+  """uint8 images in [0, 255] -> `dtype` in [-1, 1], the range the generators produce.
+
+  A NumPy array stays a NumPy array, a JAX array a JAX array.
+  """
+  return images.astype(dtype) * (2.0 / 255.0) - 1.0
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -121,6 +134,32 @@ def example_shape(name: str, split: Split) -> tuple[int, ...]:
   return tuple(split.image.shape[1:])
 
 
+def is_points(name: str) -> bool:
+  """Whether the examples of dataset `name` are 2D points (a mixture) rather than images."""
+  return name in toy2d.MIXTURES
+
+
+def reference_points(name: str) -> np.ndarray:
+  """The real points a points dataset's samples are plotted over: its component means (K, 2)."""
+  return toy2d.get(name).means
+
+
+def check_batch_fits(name: str, split: Split, batch_size: int) -> None:
+  """Raises ConfigError if one global batch needs more examples than `split` holds.
+
+  A stacked example takes several images; a points dataset samples fresh
+  points for every batch, so any batch fits.
+  """
+  if is_points(name):
+    return
+  needed = STACKED.get(name, (None, 1))[1] * batch_size
+  if split.num_examples < needed:
+    raise utils.ConfigError(
+        f"batch_size {batch_size} needs {needed} training images per batch; "
+        f"the split has {split.num_examples}"
+    )
+
+
 def load(name: str, split: str, data_dir: str | None = None) -> Split:
   """Reads a whole TFDS split from a prepared data_dir, never downloading.
 
@@ -131,7 +170,7 @@ def load(name: str, split: str, data_dir: str | None = None) -> Split:
     DatasetNotFoundError: the dataset is not prepared in the data_dir (MNIST
       falls back to the bundled sample instead).
   """
-  if name in toy2d.MIXTURES:
+  if is_points(name):
     mixture = toy2d.get(name)
     labels = np.arange(mixture.num_modes, dtype=np.int32)
     return Split(image=mixture.means, label=labels, source=f"{name} mixture (gan.toy2d)")
@@ -212,8 +251,8 @@ def _cached_read(name: str, split: str, root: str) -> tuple[np.ndarray, np.ndarr
 def _read_split(name: str, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
   """Reads a split with TensorFlow (`_read_tfds`) in a child process."""
   # TensorFlow never lives in the training process, where it would keep its
-  # runtime and thread pools resident for the whole run (peak RSS of the MNIST
-  # run: 1.78 GB with TensorFlow in-process, ~1.2 GB without).
+  # runtime and thread pools resident for the whole run, a large part of the
+  # MNIST run's peak memory.
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
     return pool.submit(_read_tfds, name, split, root).result()
@@ -246,8 +285,8 @@ def _epoch_order(new_epoch: jax.Array, key: jax.Array, epoch: jax.Array, perm: j
 @_epoch_order.def_vmap
 def _epoch_order_vmap(axis_size: int, in_batched: list[bool], *args: jax.Array):
   """Under vmap (a population of runs, `gan.population`) a batched predicate would turn the
-  `lax.cond` into a select that draws every run's permutation at every step (77 ms per
-  60,000 examples here); they are drawn only when some run starts an epoch."""
+  `lax.cond` into a select that draws every run's permutation at every step; they are
+  drawn only when some run starts an epoch."""
   new_epoch, key, epoch, perm = (
       x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
       for x, batched in zip(args, in_batched, strict=True)
@@ -297,7 +336,7 @@ def next_batch(
   local_batch, first = _device_share(global_batch, axis_name)
   start = position * global_batch + first
   index = lax.dynamic_slice_in_dim(perm, start * stack, local_batch * stack)
-  image = data["image"][index].astype(jnp.float32) * (2.0 / 255.0) - 1.0
+  image = to_float(data["image"][index])
   label = data["label"][index]
   if stack > 1:
     height, width = image.shape[1:3]
@@ -332,7 +371,7 @@ def mixture_batch(
 
 def batch_fn(name: str) -> BatchFn:
   """The in-step batch function of dataset `name` (signature of `next_batch`)."""
-  if name in toy2d.MIXTURES:
+  if is_points(name):
     return functools.partial(mixture_batch, toy2d.get(name))
   if name in STACKED:
     return functools.partial(next_batch, stack=STACKED[name][1])

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 
-# Eigen instead of YNNPACK for convolutions on XLA:CPU. Measured on the 2-core
-# development machine with benchmarks/train_step.py (see benchmarks/README.md):
-# the MNIST DCGAN step is faster with it at both batch 64 and 256. The flag
-# only affects the CPU backend, so it is harmless on GPU.
+# Eigen instead of YNNPACK for convolutions on XLA:CPU: the MNIST DCGAN step is
+# faster with it at both batch sizes benchmarks/train_step.py measures (see
+# benchmarks/README.md). The flag only affects the CPU backend, so it is
+# harmless on GPU.
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 
 

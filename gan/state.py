@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax
@@ -68,6 +69,11 @@ class GANState:
   def players(self) -> tuple[str, ...]:
     """The names of the trained players: ("g", "d") or ("g", "d", "c")."""
     return ("g", "d") if self.c is None else ("g", "d", "c")
+
+
+def field(tree: Any, name: str) -> Any:
+  """`tree.name` of a state object, or `tree[name]` of the dict a checkpoint restores to."""
+  return tree[name] if isinstance(tree, Mapping) else getattr(tree, name)
 
 
 def make_optimizer(

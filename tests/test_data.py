@@ -80,6 +80,29 @@ def test_images_are_scaled_to_minus_one_one():
   assert sorted(np.asarray(batch["image"]).ravel().tolist()) == [-1.0, 1.0]
 
 
+def test_to_float_keeps_the_array_kind_and_its_dtype():
+  pixels = np.array([0, 1, 128, 254, 255], np.uint8)
+  host, device = data.to_float(pixels), data.to_float(jnp.asarray(pixels))
+  assert isinstance(host, np.ndarray) and host.dtype == np.float32
+  assert isinstance(device, jax.Array) and device.dtype == jnp.float32
+  np.testing.assert_array_equal(host, np.asarray(device))
+  assert host[0] == -1.0 and host[-1] == 1.0
+  assert data.to_float(pixels, np.float64).dtype == np.float64
+
+
+def test_a_batch_must_fit_the_split_except_for_points():
+  split = data.Split(np.zeros((10, 2, 2, 1), np.uint8), np.zeros(10, np.int32), "test")
+  data.check_batch_fits("mnist", split, 10)
+  with pytest.raises(utils.ConfigError, match="batch_size 11 needs 11 training images"):
+    data.check_batch_fits("mnist", split, 11)
+  with pytest.raises(utils.ConfigError, match="batch_size 4 needs 12 training images"):
+    data.check_batch_fits("stacked_mnist", split, 4)  # three images per example
+  assert data.is_points("ring8") and not data.is_points("mnist")
+  points = data.load("ring8", "train")
+  data.check_batch_fits("ring8", points, 512)  # fresh points every batch: any batch fits
+  np.testing.assert_array_equal(data.reference_points("ring8"), points.image)
+
+
 def test_missing_mnist_falls_back_to_bundled_sample(tmp_path, capsys):
   start = time.monotonic()
   split = data.load("mnist", "train", str(tmp_path))

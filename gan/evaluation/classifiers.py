@@ -16,7 +16,7 @@ the others wait for it (a lock file beside the entry). Train or refresh one with
 
   python -m gan.evaluation.classifiers --dataset mnist --arch mnist_cnn
 
-Measured (2-core CPU VM, jax 0.10.2): see `info.json` and the README results.
+Each entry's `info.json` records its test accuracy and training time.
 """
 
 from __future__ import annotations
@@ -113,8 +113,6 @@ RECIPES: dict[str, Recipe] = {
     "mnist_cnn": Recipe(
         MnistCNN, epochs=5, batch_size=128, lr=3e-3, weight_decay=1e-4, shift=2, flip=False
     ),
-    # 15 epochs: 83.51% test accuracy, 7,510 s on one (shared) core of the 2-core
-    # development VM; recorded in info.json and the README.
     "cifar_resnet20": Recipe(
         CifarResNet, epochs=15, batch_size=128, lr=3e-3, weight_decay=5e-4, shift=4, flip=True
     ),
@@ -134,7 +132,7 @@ class Classifier:
 
     @jax.jit
     def apply(images: jax.Array) -> tuple[jax.Array, jax.Array]:
-      return module.apply(variables, to_float(images), train=False)
+      return module.apply(variables, data_lib.to_float(images), train=False)
 
     self._apply = apply
 
@@ -155,11 +153,6 @@ def batched(fn, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     for k, v in fn(padded).items():
       out.setdefault(k, []).append(np.asarray(v)[: len(chunk)])
   return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def to_float(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1], the range the generators produce."""
-  return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
 
 
 def _augment(key: jax.Array, images: jax.Array, recipe: Recipe) -> jax.Array:
@@ -199,13 +192,13 @@ def train(
   schedule = optax.cosine_decay_schedule(recipe.lr, epochs * steps_per_epoch)
   tx = optax.adamw(schedule, weight_decay=recipe.weight_decay)
   key = jax.random.PRNGKey(seed)
-  variables = module.init(key, to_float(jnp.asarray(x_train[:1])), train=False)
+  variables = module.init(key, data_lib.to_float(jnp.asarray(x_train[:1])), train=False)
   params, batch_stats = variables["params"], variables["batch_stats"]
   opt_state = tx.init(params)
 
   @jax.jit
   def step(params, batch_stats, opt_state, images, labels, key):
-    images = to_float(_augment(key, images, recipe))
+    images = data_lib.to_float(_augment(key, images, recipe))
 
     def loss_fn(p):
       (logits, _), mutated = module.apply(
@@ -363,9 +356,10 @@ def _other_training_data(
   Offline (the dataset not prepared, or its train split unreadable) any cached
   classifier fits: one trained on the real data stays in use. One trained on
   the offline MNIST sample is replaced once the real data is there. One cached
-  before digests were recorded (2026-12-03) but trained on the dataset's TFDS
-  train split is adopted, its digest recorded as the current data's, so runs
-  already scored by it stay comparable.
+  before `info.json` recorded a digest of the training data (no `train_data`)
+  but trained on the dataset's TFDS train split is adopted, its digest
+  recorded as the current data's, so runs already scored by it stay
+  comparable.
   """
   if not os.path.isdir(os.path.join(data_lib.resolve_data_dir(data_dir), dataset)):
     return None

@@ -1,11 +1,12 @@
 """Converts pytorch-fid's InceptionV3 weights to the .npz that `inception.load_variables` reads.
 
 Usage:
-  python -m gan.evaluation.convert_inception pt_inception-2015-12-05-6726825d.pth [DST.npz]
+  python -m gan.evaluation.convert_inception SRC.pth [DST.npz]
   python -m gan.evaluation.convert_inception --check [SRC.pth]
 
-DST defaults to the path `inception.load_variables()` looks at ($JAXGAN_INCEPTION_WEIGHTS, else
-~/.cache/jaxgan/inception/pt_inception-2015-12-05.npz). Reading the .pth needs torch.
+SRC is pytorch-fid's weight file (`inception.SOURCE_FILENAME`, at `inception.SOURCE_URL`; `--help`
+prints its name). DST defaults to the path `inception.load_variables()` looks at
+($JAXGAN_INCEPTION_WEIGHTS, else `inception.DEFAULT_WEIGHTS_PATH`). Reading the .pth needs torch.
 
 `--check` needs torch and pytorch-fid (`pip install torch pytorch-fid`) next to JAX. It builds
 pytorch-fid's FIDInceptionV3 exactly as `pytorch_fid.inception.fid_inception_v3` does but

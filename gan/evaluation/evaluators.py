@@ -221,7 +221,9 @@ class InceptionEvaluator:
     values |= metrics.precision_recall(ref["features"][:n], stats.features[:n], k=3)
     kid_m = min(cfg.kid_subset_size, len(ref["features"]), len(stats.features))
     protocol = {
-        "extractor": "FID InceptionV3 (pytorch-fid port of the 2015-12-05 TF graph), pool3",
+        "extractor": (
+            f"FID InceptionV3 (pytorch-fid port of the {inception.GRAPH_DATE} TF graph), pool3"
+        ),
         "weights_sha256": self.sha256,
         "resize": "bilinear to 299x299 (jax.image.resize, no antialias), uint8 inputs",
         "num_generated": cfg.num_samples,
@@ -380,7 +382,7 @@ def build(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def default_evals(dataset: str) -> dict[str, ml_collections.ConfigDict]:
   """Evaluators for runs whose config declares none (e.g. runs made before evals existed)."""
-  if dataset in toy2d.MIXTURES:
+  if data_lib.is_points(dataset):
     return {"toy2d": settings("toy2d")}
   if dataset == "stacked_mnist":
     return {"stacked_mnist": settings("stacked_mnist")}

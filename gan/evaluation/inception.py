@@ -1,8 +1,9 @@
 """The InceptionV3 that FID and Inception Score are defined with: network, input protocol, weights.
 
-The network is the 2015-12-05 TensorFlow graph (`inception-2015-12-05.tgz`) that the
-original FID code (TTUR) and Inception Score code (openai/improved-gan) run, as ported by
-pytorch-fid (`pytorch_fid.inception.FIDInceptionV3`). It is not torchvision's InceptionV3:
+The network is the TensorFlow Inception graph of December 2015 (`GRAPH_NAME`, shipped as
+`<GRAPH_NAME>.tgz`) that the original FID code (TTUR) and Inception Score code
+(openai/improved-gan) run, as ported by pytorch-fid (`pytorch_fid.inception.FIDInceptionV3`).
+It is not torchvision's InceptionV3:
 
 - the average-pool branches of the A, C and first E blocks (`Mixed_5b-d`, `Mixed_6b-e`,
   `Mixed_7b`) average over valid pixels only (TF's pooling; torch's `count_include_pad=False`),
@@ -33,12 +34,13 @@ FIDs from TTUR and pytorch-fid differ slightly: its graph resizes with TF1 `Resi
 (align_corners=False but without half-pixel centres, i.e. source = dest * in/out), and it
 normalises with (u - 128) / 128, mapping 255 to 0.9921875 instead of 1.
 
-Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`, converted once to .npz by
+Weights: pytorch-fid's port of that graph (`SOURCE_FILENAME`), converted once to .npz by
 `python -m gan.evaluation.convert_inception` (see `InceptionWeightsNotFoundError`).
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import os
@@ -51,9 +53,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+# Google named the graph after its release date, and pytorch-fid's port and our converted
+# weights are named after the graph, so that date is part of every file name here.
+GRAPH_DATE = datetime.date(2015, 12, 5).isoformat()
+GRAPH_NAME = f"inception-{GRAPH_DATE}"
 WEIGHTS_ENV_VAR = "JAXGAN_INCEPTION_WEIGHTS"
-DEFAULT_WEIGHTS_PATH = "~/.cache/jaxgan/inception/pt_inception-2015-12-05.npz"
-SOURCE_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+DEFAULT_WEIGHTS_PATH = f"~/.cache/jaxgan/inception/pt_{GRAPH_NAME}.npz"
+SOURCE_FILENAME = f"pt_{GRAPH_NAME}-6726825d.pth"
 SOURCE_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + SOURCE_FILENAME
 )

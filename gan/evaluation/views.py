@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 
+from gan import data as data_lib
 from gan import models
+from gan.state import field
 from gan.utils import ConfigError
 
 
@@ -92,11 +93,6 @@ class Generator:
     return np.concatenate(out)[:num]
 
 
-def field(tree: Any, name: str) -> Any:
-  """`tree.name` of a state object, or `tree[name]` of the dict a checkpoint restores to."""
-  return tree[name] if isinstance(tree, Mapping) else getattr(tree, name)
-
-
 class Classifier:
   """A semi-supervised run's classifier (`gan.semi`), EMA parameters, inference mode.
 
@@ -110,6 +106,6 @@ class Classifier:
     """Class logits of uint8 images, scaled to [-1, 1] as in training."""
     out = []
     for start in range(0, len(images), batch_size):
-      x = np.asarray(images[start : start + batch_size], np.float32) * (2.0 / 255.0) - 1.0
+      x = data_lib.to_float(np.asarray(images[start : start + batch_size]))
       out.append(np.asarray(_infer(self.module, self.variables, x)))
     return np.concatenate(out)

@@ -2,15 +2,13 @@
 
 Two reasons we do not use `flax.linen.Dropout`:
 
-* Cost. `jax.random.bernoulli` with threefry (or rbg) keys costs about
-  10-14 ns per element on this project's 2-core CPU machine, measured with
-  `jax.random.bernoulli(key, 0.7, (9_633_792,))` under `jax.jit`: 96-170 ms.
-  The MNIST DCGAN step draws ~18.8k mask elements per image per D pass, three
-  D passes per step, so threefry masks alone would take ~200 ms of a ~620 ms
-  step at batch 256. A counter-based integer hash (murmur3's 32-bit finaliser)
-  over the element index, keyed by one threefry draw, takes ~1.6 ns per
-  element (16 ms for the same 9.6M elements) and is fused by XLA with the
-  multiply that applies the mask.
+* Cost. `jax.random.bernoulli` with threefry (or rbg) keys is expensive per
+  element on CPU, and the MNIST DCGAN step draws a mask element per unit of
+  every D pass (three per step), so threefry masks alone would be a large
+  share of the step. A counter-based integer hash (murmur3's 32-bit
+  finaliser) over the element index, keyed by one threefry draw, costs a
+  fraction of that per element and is fused by XLA with the multiply that
+  applies the mask (timings in benchmarks/README.md).
 * Reproducibility across device counts. The hash input is the element's index
   in the *global* batch (the device's offset along the data-parallel axis plus
   the local index), so a batch split over 1, 2 or 4 devices gets bit-identical
@@ -62,9 +60,9 @@ def keep_mask(seed: jax.Array, shape: tuple[int, ...], rate: float, offset: jax.
 def normal(seed: jax.Array, shape: tuple[int, ...], offset: jax.Array | int = 0) -> jax.Array:
   """Standard-normal float32 noise from the same hash, by the inverse CDF of a uniform draw.
 
-  XLA's erf_inv is a polynomial: 1.5M draws take 2.9 ms on the 2-core machine here
-  against 12.7 ms for Box-Muller on two hashes, whose log and cos were a sixth of the
-  Improved-GAN step (benchmarks/README.md).
+  XLA's erf_inv is a polynomial, several times cheaper on CPU than Box-Muller on two
+  hashes, whose log and cos were a sizeable share of the Improved-GAN step (timings in
+  benchmarks/README.md).
   """
   return bits_to_normal(hash_uint32(element_index(shape, offset), seed))
 

@@ -12,25 +12,13 @@ Why it exists:
   gradient are fine on XLA:CPU (the input gradient is an ordinary strided
   convolution). Its *kernel* gradient, however, is derived by JAX as a
   convolution that carries the ``lhs_dilation`` over to the kernel gradient,
-  and XLA:CPU lowers that through a slow generic loop. Measured on this
-  machine (2 CPU cores, jax 0.10.2, XLA_FLAGS selecting Eigen convolutions,
-  float32, median of interleaved repetitions), 7x7x128 -> 14x14x64, k5 s2,
-  batch 64:
-
-    ==========================  ==========  ===============================
-    formulation                  forward     backward (input + kernel grad)
-    ==========================  ==========  ===============================
-    flax.linen.ConvTranspose      12.5 ms     209 ms
-    this module (adjoint)          9.6 ms      14 ms
-    sub-pixel/phase decomposition  9.4 ms      21 ms
-    ==========================  ==========  ===============================
-
-  Whole DCGAN training step (D update + G update, same flags, same run,
-  median ms/step): batch 64: 502 ms (128 img/s) with flax.linen.ConvTranspose
-  vs 270 ms (237 img/s) with this module; batch 256: 2139 ms (120 img/s) vs
-  1076 ms (238 img/s). The step is then dominated by the stride-1
-  7x7x256 -> 7x7x128 layer, which already runs at this machine's XLA GEMM
-  peak (~205 GFLOP/s).
+  and XLA:CPU lowers that through a slow generic loop, which made the stock
+  layer's backward pass much slower than its forward pass and the DCGAN
+  training step much slower than it needs to be. The adjoint formulation
+  below runs it on the fast path, and is faster than a sub-pixel (phase)
+  decomposition too; with it the step is dominated by the stride-1
+  7x7x256 -> 7x7x128 layer, which already runs at XLA's GEMM peak. The
+  timings are in benchmarks/README.md ("What made the step fast").
 
 How:
   A transposed convolution ``T`` is the adjoint of a strided convolution ``S``

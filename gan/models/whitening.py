@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gan import data as data_lib
+
 REGULARIZATION = 1e-5
 
 
@@ -35,7 +37,7 @@ def fit_zca(
   dim = int(np.prod(images.shape[1:]))
   total, outer = np.zeros(dim), np.zeros((dim, dim))
   for start in range(0, n, chunk):
-    x = images[start : start + chunk].reshape(-1, dim).astype(np.float64) * (2.0 / 255.0) - 1.0
+    x = data_lib.to_float(images[start : start + chunk].reshape(-1, dim), np.float64)
     total += x.sum(axis=0)
     outer += x.T @ x
   mean = total / n

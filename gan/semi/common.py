@@ -56,7 +56,7 @@ def init_images(config: ml_collections.ConfigDict, images: np.ndarray) -> jax.Ar
   index = np.random.default_rng([config.seed, streams.STREAMS["init"]]).choice(
       len(images), config.semi.init_batch, replace=False
   )
-  return jnp.asarray(images[np.sort(index)], jnp.float32) * (2.0 / 255.0) - 1.0
+  return data_lib.to_float(jnp.asarray(images[np.sort(index)]))
 
 
 def new_player(

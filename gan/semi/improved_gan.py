@@ -36,11 +36,11 @@ import numpy as np
 import optax
 from jax import lax
 
+from gan import data as data_lib
 from gan import step as step_lib
 from gan import streams
-from gan.evaluation import views
 from gan.semi import common
-from gan.state import GANState, TrainState
+from gan.state import GANState, TrainState, field
 
 
 def supervised_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -86,7 +86,7 @@ def _uniform_examples(key: jax.Array, data: dict[str, jax.Array], local_batch: i
   num = data["image"].shape[0]
   ids = step_lib.global_example_ids(local_batch)
   index = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, num))(ids)
-  return data["image"][index].astype(jnp.float32) * (2.0 / 255.0) - 1.0
+  return data_lib.to_float(data["image"][index])
 
 
 def make_train_step(cfg: ImprovedGANStepConfig, G: nn.Module, D: nn.Module) -> step_lib.StepFn:
@@ -208,4 +208,4 @@ def create_state(
 
 def classifier(D: nn.Module, state: Any) -> tuple[nn.Module, dict[str, Any]]:
   """(module, variables) of the EMA classifier: D's K logits (noise off in inference mode)."""
-  return D, {"params": views.field(state, "c_ema")}
+  return D, {"params": field(state, "c_ema")}

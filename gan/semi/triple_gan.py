@@ -73,11 +73,11 @@ import optax
 from jax import lax
 
 from gan import augment, ramps, streams
+from gan import data as data_lib
 from gan import step as step_lib
-from gan.evaluation import classifiers, views
 from gan.models import shared_trunk, whitening
 from gan.semi import common
-from gan.state import GANState, TrainState
+from gan.state import GANState, TrainState, field
 from gan.utils import ConfigError
 
 
@@ -452,7 +452,7 @@ def pretrain(
       rngs = {"dropout": streams.key(k, "dropout"), "noise": streams.key(k, "noise")}
       variables = {"params": p, "batch_stats": batch_stats} if batch_stats else {"params": p}
       return C1.apply(
-          variables, classifiers.to_float(x), train=True, rngs=rngs, mutable=["batch_stats"]
+          variables, data_lib.to_float(x), train=True, rngs=rngs, mutable=["batch_stats"]
       )
 
     def loss_fn(p):
@@ -511,5 +511,5 @@ def _epoch_batches(rng: np.random.Generator, n: int, batch: int) -> Iterator[np.
 
 def classifier(C: nn.Module, state: Any) -> tuple[nn.Module, dict[str, Any]]:
   """(module, variables) of the EMA classifier (with the raw classifier's running BN statistics)."""
-  c_ema, c = views.field(state, "c_ema"), views.field(state, "c")
-  return C, {"params": c_ema, "batch_stats": views.field(c, "batch_stats")}
+  c_ema, c = field(state, "c_ema"), field(state, "c")
+  return C, {"params": c_ema, "batch_stats": field(c, "batch_stats")}
