@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gan import checkpoint, distributed, health, methods, models, runs, streams, toy2d, writers
+from gan import checkpoint, distributed, health, methods, models, runs, streams, writers
 from gan import data as data_lib
 from gan import state as state_lib
 from gan import step as step_lib
@@ -57,12 +57,7 @@ def data(
   if split is None:
     split = data_lib.load(config.dataset, config.train_split, config.data_dir)
   logging.info("Data: %d examples from %s", split.num_examples, split.source)
-  per_example = data_lib.STACKED.get(config.dataset, (None, 1))[1]
-  if config.dataset not in toy2d.MIXTURES and split.num_examples < per_example * config.batch_size:
-    raise ConfigError(
-        f"batch_size {config.batch_size} needs {per_example * config.batch_size} training "
-        f"images per batch; the split has {split.num_examples}"
-    )
+  data_lib.check_batch_fits(config.dataset, split, config.batch_size)
   return split, split.arrays() | method.extra_data(config, split, workdir, write)
 
 
@@ -175,7 +170,8 @@ class Run:
     outputs = np.asarray(self.sample(state.g, state.g_ema, self.fixed_z))
     path = os.path.join(self.workdir, "samples", f"step_{int(state.step):06d}.png")
     if outputs.ndim == 2:  # points (the 2D mixtures): a scatter plot over the real means
-      return writers.save_points_plot(outputs, toy2d.get(self.config.dataset).means, path)
+      points = data_lib.reference_points(self.config.dataset)
+      return writers.save_points_plot(outputs, points, path)
     # A conditional G makes sample i of class i mod K (`gan.models.generator_classes`): with K
     # columns, each column is one class.
     columns = models.generator_classes(self.nets.G) or None

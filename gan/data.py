@@ -52,7 +52,7 @@ import numpy as np
 import numpy.typing as npt
 from jax import lax
 
-from gan import toy2d, utils
+from gan import streams, toy2d, utils
 
 # TensorFlow is only used to read TFDS files; keep its start-up chatter quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -360,7 +360,7 @@ def mixture_batch(
   batch_key = jax.random.fold_in(key, batch_number)
 
   def point(i):
-    component_key, noise_key = jax.random.split(jax.random.fold_in(batch_key, i))
+    component_key, noise_key = streams.keys(jax.random.fold_in(batch_key, i), "labels", "noise")
     component = jax.random.randint(component_key, (), 0, mixture.num_modes)
     noise = jax.random.normal(noise_key, (2,))
     return data["image"][component] + mixture.std * noise, data["label"][component]

@@ -14,7 +14,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from gan import checkpoint, methods, models, toy2d, writers
+from gan import checkpoint, methods, models, writers
+from gan import data as data_lib
 from gan.evaluation import evaluators, views
 from gan.utils import ConfigError
 
@@ -148,7 +149,7 @@ def evaluate(
   found = make_views(config, method, methods.build_networks(config, None), state, not raw)
   evals = config.get("evals") or evaluators.default_evals(config.dataset)
   evals = ml_collections.ConfigDict(evals if isinstance(evals, dict) else evals.to_dict())
-  if with_inception and config.dataset in toy2d.MIXTURES:
+  if with_inception and data_lib.is_points(config.dataset):
     raise ConfigError("--inception scores images; this run generates 2D points")
   if with_inception and not any(e.kind == "inception" for e in evals.values()):
     evals.inception = evaluators.settings("inception")

@@ -24,6 +24,7 @@ A stream's key is `fold_in(parent, STREAMS[name])`, never a position in a
     augment      a pass's DiffAugment transformations
     interpolate  WGAN-GP's interpolates and their pass
     dropout, noise   a pass's dropout masks and Gaussian noise layers
+  (a 2-D mixture's points: "labels" picks each point's component, "noise" its offset)
     g_init, d_init, c_init   a player's parameters (below "init")
 
 Per-example randomness then folds in the example's index in the global batch

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gan import streams
+
 
 @dataclasses.dataclass(frozen=True)
 class Mixture:
@@ -62,7 +64,7 @@ def get(name: str) -> Mixture:
 
 def sample(key: jax.Array, mixture: Mixture, num: int) -> jax.Array:
   """`num` points from the mixture, float32 (num, 2)."""
-  component_key, noise_key = jax.random.split(key)
+  component_key, noise_key = streams.keys(key, "labels", "noise")
   component = jax.random.randint(component_key, (num,), 0, mixture.num_modes)
   noise = jax.random.normal(noise_key, (num, 2))
   return jnp.asarray(mixture.means)[component] + mixture.std * noise
