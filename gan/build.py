@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gan import checkpoint, distributed, health, methods, models, runs, streams, writers
+from gan import checkpoint, distributed, health, methods, models, runs, streams, utils, writers
 from gan import data as data_lib
 from gan import state as state_lib
 from gan import step as step_lib
@@ -106,15 +106,66 @@ def train_step(
 def resume(
     checkpointer: checkpoint.Checkpointer, state: state_lib.GANState
 ) -> tuple[state_lib.GANState, bool]:
-  """The latest checkpoint restored into `state`'s structure, if there is one.
+  """The newest intact checkpoint restored into `state`'s structure, if there is one.
 
-  Every process resumes from the step process 0 sees, so they cannot drift apart.
+  One process falls back past checkpoints that cannot be read
+  (`Checkpointer.restore_latest`). Several processes resume from the step
+  process 0 sees, so they cannot drift apart.
   """
+  try:
+    if jax.process_count() == 1:
+      restored, step = checkpointer.restore_latest(state)
+      return (state, False) if restored is None else (restored, True)
+    latest = checkpointer.latest_step()
+    step = distributed.broadcast_from_primary(-1 if latest is None else latest)
+    if step < 0:
+      return state, False
+    return checkpointer.restore(state, step=step), True
+  except ValueError as e:  # a checkpoint of another structure
+    raise ConfigError(str(e)) from None
+
+
+def check_resumable(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    checkpointer: checkpoint.Checkpointer,
+    resume_stopped: bool,
+    allow_config_change: bool,
+) -> None:
+  """Refuses, in one line, to go on from a stopped run or with another config.
+
+  A run the health monitor stopped (`stopped.json`) goes on only with
+  `resume_stopped`, and then from its newest checkpoint before the trouble.
+  A resume may change only `runs.RESUMABLE_CHANGES` (length, cadences,
+  evaluation) of the config saved with the latest checkpoint, unless
+  `allow_config_change`.
+  """
+  stopped_path = os.path.join(workdir, runs.STOPPED)
+  if os.path.exists(stopped_path):
+    with open(stopped_path) as f:
+      stopped = json.load(f)
+    if not resume_stopped:
+      raise ConfigError(
+          f"{workdir}: {stopped['reason']}. Rerun with --resume_stopped to go on from the "
+          f"newest checkpoint before step {stopped['since']}"
+      )
+    good = [s for s in checkpointer.all_steps() if s < stopped["since"]]
+    checkpointer.delete_after(max(good, default=-1))
+    os.remove(stopped_path)
   latest = checkpointer.latest_step()
-  step = distributed.broadcast_from_primary(-1 if latest is None else latest)
-  if step < 0:
-    return state, False
-  return checkpointer.restore(state, step=step), True
+  saved = None
+  if latest is not None:
+    try:
+      saved = checkpointer.config(latest)
+    except Exception:  # noqa: BLE001  (unreadable: `resume` sets the checkpoint aside)
+      saved = None
+  changes = runs.config_changes(saved, config) if saved is not None else []
+  if changes and not allow_config_change:
+    shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+    raise ConfigError(
+        f"{workdir} holds a run of another config ({shown}); use another --workdir, or "
+        "--allow_config_change to resume it anyway"
+    )
 
 
 @dataclasses.dataclass
@@ -144,6 +195,13 @@ class Run:
   fixed_z: jax.Array
   diversity: Callable[..., jax.Array]
   sample: Callable[..., jax.Array]
+  lock: Any = None
+
+  def close(self) -> None:
+    """Releases the workdir's lock (the loop calls this when the run ends)."""
+    if self.lock is not None:
+      self.lock.close()
+      self.lock = None
 
   def new_state(self) -> state_lib.GANState:
     """The state the run started from before any training (a rollback with nothing saved)."""
@@ -161,8 +219,7 @@ class Run:
     if not summary:
       return
     if self.primary:
-      with open(os.path.join(self.workdir, "pretrain.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+      utils.write_json(os.path.join(self.workdir, "pretrain.json"), summary, indent=2)
     self.checkpointer.save(jax.device_get(self.state), self.config)
 
   def save_samples(self, state: state_lib.GANState) -> str:
@@ -193,15 +250,29 @@ def run(
     workdir: str,
     shared: Run | None = None,
     parallel: str | None = None,
+    resume_stopped: bool = False,
+    allow_config_change: bool = False,
 ) -> Run:
   """Builds a run of `config` in `workdir`, resumed from its latest checkpoint if there is one.
 
   `shared`: a Run of the same dataset and evaluators whose loaded split, device
   copy of the data and evaluators this one takes instead of building its own
   (the members of a population sweep, `gan.sweep`). `parallel` overrides
-  `config.parallel` (a population's pmapped step needs "pmap").
+  `config.parallel` (a population's pmapped step needs "pmap"). The workdir is
+  locked for this process until `Run.close`; see `check_resumable` for the flags.
   """
   workdir = check_workdir(workdir)
+  primary = distributed.is_primary()
+  lock = runs.lock_workdir(workdir) if primary else None
+  try:
+    return _run(config, workdir, shared, parallel, resume_stopped, allow_config_change, lock)
+  except BaseException:
+    if lock is not None:
+      lock.close()
+    raise
+
+
+def _run(config, workdir, shared, parallel, resume_stopped, allow_config_change, lock) -> Run:
   layout = Layout(parallel or config.get("parallel", "auto"))
   check_batch_config(config)
   # Names in the config are checked before the (slow) data loading.
@@ -210,10 +281,11 @@ def run(
   nets = methods.build_networks(config, step_lib.AXIS)
   method.check(nets)
   primary = distributed.is_primary()
+  checkpointer = runs.checkpointer(workdir, config)
+  check_resumable(config, workdir, checkpointer, resume_stopped, allow_config_change)
   split, arrays = data(config, method, workdir, primary, shared.split if shared else None)
   state = initial_state(config, method, nets, split, arrays)
   evaluators = evaluators_lib.build(config) if shared is None else shared.evaluators
-  checkpointer = runs.checkpointer(workdir, config)
   state, resumed = resume(checkpointer, state)
   if resumed:
     print(f"{distributed.prefix()}Resuming from step {int(state.step)} in {workdir}", flush=True)
@@ -238,4 +310,5 @@ def run(
       fixed_z=fixed_latents(config),
       diversity=health.make_diversity_fn(nets.G, nets.D),
       sample=step_lib.make_sample_fn(nets.G),
+      lock=lock,
   )

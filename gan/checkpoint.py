@@ -5,6 +5,13 @@ when complete, so a run killed mid-save leaves at most a `*.orbax-checkpoint-tmp
 directory that restore ignores (and cleans up); the run resumes from the last
 complete step.
 
+Each checkpoint also holds the config and, for runs with a health monitor,
+the monitor's state at that step (`health`), so a resume restores the state
+and what describes it together: they are committed in the same rename. A
+checkpoint that cannot be restored (a truncated file, an empty step
+directory) is set aside as `<step>.corrupt` and the run resumes from the
+newest intact one (`restore_latest`).
+
 Which checkpoints stay on disk is a preservation policy: the latest `keep`
 always, plus, when a metric is chosen, the best `keep_best` by that metric
 among checkpoints saved with evaluation results. (Orbax's `max_to_keep`
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 import jax
@@ -23,6 +31,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from gan import faults
 from gan.state import GANState
 
 
@@ -78,7 +87,7 @@ class Checkpointer:
     )
     self.directory = os.path.join(workdir, "checkpoints")
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "config")
+        self.directory, options=options, item_names=("state", "config", "health")
     )
 
   def latest_step(self) -> int | None:
@@ -101,20 +110,87 @@ class Checkpointer:
       state: GANState,
       config: ml_collections.ConfigDict,
       metrics: dict[str, float] | None = None,
+      health: dict[str, Any] | None = None,
   ) -> None:
-    """Saves `state`; `metrics` (evaluation results at this step) rank it for best-N."""
+    """Saves `state`; `metrics` (evaluation results at this step) rank it for best-N;
+    `health` (the health monitor's state at this step) is committed with it."""
     step = int(jax.device_get(state.step))
     # With a tracked metric, always a dict: Orbax warns on every save without one.
     metrics = dict(metrics or {}) if self.best_metric else None
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_fields(state)),
-            config=ocp.args.JsonSave(config.to_dict()),
-        ),
-        metrics=metrics,
-        force=True,
+    items = {
+        "state": ocp.args.StandardSave(_fields(state)),
+        "config": ocp.args.JsonSave(config.to_dict()),
+    }
+    if health is not None:
+      items["health"] = ocp.args.JsonSave(health)
+    self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    faults.point("checkpoint:saved")
+
+  def replace(
+      self,
+      state: GANState,
+      config: ml_collections.ConfigDict,
+      health: dict[str, Any] | None = None,
+  ) -> None:
+    """Saves `state` in place of the checkpoint of its step (a rollback's restored state with
+    its new learning rates), keeping that checkpoint's evaluation metrics for best-N.
+
+    Between the deletion and the new save a kill leaves the older checkpoints, from which
+    the run repeats the same steps: nothing is lost but time.
+    """
+    step = int(jax.device_get(state.step))
+    self._manager.wait_until_finished()
+    metrics = None
+    if step in self.all_steps():
+      metrics = self._manager.metrics(step)
+      self._manager.delete(step)
+      faults.point("checkpoint:replace_deleted")
+    self.save(state, config, metrics, health)
+    self._manager.wait_until_finished()
+
+  def config(self, step: int) -> dict[str, Any] | None:
+    """The config saved with checkpoint `step` (None if it has none)."""
+    return self._read_json(step, "config")
+
+  def health(self, step: int) -> dict[str, Any] | None:
+    """The health monitor's state saved with checkpoint `step` (None if it has none)."""
+    return self._read_json(step, "health")
+
+  def _read_json(self, step: int, item: str) -> dict[str, Any] | None:
+    if not os.path.isdir(os.path.join(self.directory, str(step), item)):
+      return None
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()})
     )
+    return restored[item]
+
+  def restore_latest(self, like: GANState) -> tuple[GANState | None, int | None]:
+    """The newest checkpoint that restores into `like`'s structure, and its step.
+
+    A checkpoint that cannot be read is set aside (renamed `<step>.corrupt`, which
+    Orbax ignores) with a one-line warning naming it, and the next older one is tried.
+    (None, None) if there is no checkpoint. A checkpoint of another structure (another
+    experiment's run) is not corrupt: ValueError names the mismatch instead.
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return self.restore(like, step), step
+      except Exception as e:  # noqa: BLE001  (any unreadable file: Orbax raises many kinds)
+        if _structure_mismatch(e):
+          raise ValueError(
+              f"the checkpoint at step {step} in {self.directory} holds another model or "
+              f"method than this config builds ({type(e).__name__})"
+          ) from e
+        aside = os.path.join(self.directory, f"{step}.corrupt")
+        os.replace(os.path.join(self.directory, str(step)), aside)
+        self._manager.reload()
+        print(
+            f"warning: checkpoint {step} cannot be restored ({type(e).__name__}); "
+            f"moved to {aside}, trying the one before",
+            file=sys.stderr,
+            flush=True,
+        )
+    return None, None
 
   def restore(self, like: GANState | None, step: int | None = None) -> GANState | dict[str, Any]:
     """Restores checkpoint `step` (default: latest) into the structure of `like`.
@@ -155,3 +231,11 @@ def _fields(state: GANState) -> dict[str, Any]:
       for f in dataclasses.fields(state)
       if getattr(state, f.name) is not None
   }
+
+
+def _structure_mismatch(error: Exception) -> bool:
+  """Whether a restore failed because the saved tree has another structure than the target."""
+  text = str(error)
+  return isinstance(error, ValueError | KeyError | TypeError) and any(
+      word in text for word in ("structure", "shape", "Missing", "Unexpected", "tree")
+  )

@@ -16,11 +16,20 @@ copies (`DeviceSlot`), or one place in a population's stacked state. The loop
 reads and replaces the state only through the slot, so a sweep member gets
 exactly what a single run gets. Nothing happens on the host between the
 cadences: metrics come back only at log steps.
+
+Crash consistency: a checkpoint carries the health monitor's state of its
+step; the state of a step whose health action is a rollback or a stop (the
+diverged state) is never saved. A run the monitor stops ends with `RunStoppedError`
+(and `stopped.json` in its workdir); SIGTERM or SIGINT end the current step,
+save it and raise `RunInterruptedError`; a second SIGINT interrupts at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import threading
 import time
 from typing import Any, Protocol
 
@@ -33,7 +42,29 @@ from gan import runs as runs_lib
 from gan import state as state_lib
 from gan.evaluation import evaluators as evaluators_lib
 from gan.recovery import HealthMonitor
-from gan.utils import every, progress_interval
+from gan.utils import every, progress_interval, write_json
+
+
+class RunStoppedError(Exception):
+  """The health monitor stopped the run (a failure it could not recover from).
+
+  `state` is the run's last state (one copy, on the host), which was not saved.
+  """
+
+  def __init__(self, reason: str, state: state_lib.GANState | None = None):
+    super().__init__(reason)
+    self.state = state
+
+
+class RunInterruptedError(Exception):
+  """SIGTERM or SIGINT ended the run after saving its current step; rerun to resume."""
+
+  def __init__(self, signum: int, step: int, workdir: str):
+    name = signal.Signals(signum).name
+    super().__init__(
+        f"{name} at step {step}: checkpoint saved in {workdir}; run the same command to resume"
+    )
+    self.signum = signum
 
 
 class Slot(Protocol):
@@ -89,11 +120,13 @@ class DeviceSlot:
 
 @dataclasses.dataclass
 class Outcome:
-  """What a step's hooks did: whether they evaluated, where the run goes on, whether it ended."""
+  """What a step's hooks did: whether they evaluated, where the run goes on, whether it ended
+  (and, if the health monitor stopped it, why)."""
 
   evaluated: bool
   step: int
   done: bool
+  stopped: str | None = None
 
 
 class RunLoop:
@@ -106,6 +139,7 @@ class RunLoop:
     self.writer = writers.MetricWriter(run.workdir) if run.primary else writers.NullWriter()
     self.results: dict[str, Any] | None = None
     self.results_step = int(run.state.step)
+    self.saved_step = int(run.state.step) if run.resumed else None
 
   def say(self, message: str) -> None:
     self.bar.write(self.prefix + message)
@@ -142,7 +176,10 @@ class RunLoop:
     # Before any checkpoint of this step, so the saved state carries the raised rates.
     if action == "log" and monitor.enabled and (scale := monitor.recovered(step)) is not None:
       slot.set_state(state_lib.with_learning_rate_scale(slot.state(), scale))
-    if every(step, config.checkpoint_every) or is_last or eval_metrics or stopping:
+    # The state of a step that diverged (a rollback or a stop) never becomes a checkpoint.
+    diverged = action in ("rollback", "stop")
+    due_checkpoint = every(step, config.checkpoint_every) or is_last or eval_metrics or stopping
+    if due_checkpoint and not diverged:
       self.checkpoint(step, slot.state(), eval_metrics)
     if (is_last or stopping) and self.results is not None and run.primary:
       extra = run.method.eval_extra(run.workdir, self.results)
@@ -150,7 +187,10 @@ class RunLoop:
     if stopping:
       if run.primary:
         self.say(f"step {step}: stopping ({action}); best checkpoint: {monitor.best_note()}")
-      return Outcome(bool(due), step, done=True)
+      stopped = None
+      if action == "stop":
+        stopped = self.record_stop(step, events)
+      return Outcome(bool(due), step, done=True, stopped=stopped)
     if action == "rollback":  # also after the last step: the run goes on from the restored state
       state = monitor.rollback(events)
       slot.set_state(state)
@@ -175,12 +215,32 @@ class RunLoop:
     return monitor.observe(step, metrics)
 
   def checkpoint(
-      self, step: int, state: state_lib.GANState, eval_metrics: dict[str, float] | None
+      self, step: int, state: state_lib.GANState, eval_metrics: dict[str, float] | None = None
   ) -> None:
     if jax.process_count() > 1:  # all processes save together; check they hold one state
       distributed.assert_same_everywhere(state, f"the training state at step {step}")
-    self.run.checkpointer.save(state, self.run.config, eval_metrics)
+    health_state = self.monitor.state_dict() if self.monitor.enabled else None
+    self.run.checkpointer.save(state, self.run.config, eval_metrics, health_state)
+    self.saved_step = step
     self.monitor.save()
+
+  def record_stop(self, step: int, events: list[health.Event]) -> str:
+    """Writes stopped.json (a rerun refuses to go on from a stopped run unless told to);
+    returns the one-line reason."""
+    failure = next(e for e in events if e.action == "stop")
+    reason = (
+        f"the health monitor stopped the run at step {step}: {failure.message} "
+        f"(trouble since step {failure.since}; see events.jsonl, or gan.report)"
+    )
+    if self.run.primary:
+      record = {"step": step, "since": failure.since, "detector": failure.detector}
+      write_json(os.path.join(self.run.workdir, runs_lib.STOPPED), record | {"reason": reason})
+    return reason
+
+  def save_now(self, step: int, slot: Slot) -> None:
+    """A checkpoint of the current step unless one was just saved (an interrupted run)."""
+    if self.saved_step != step:
+      self.checkpoint(step, slot.state())
 
   def close(self) -> None:
     self.writer.close()
@@ -199,8 +259,49 @@ def progress_bar(total: int, initial: int, desc: str, primary: bool = True) -> A
   )
 
 
+class Interrupts:
+  """SIGTERM and SIGINT while training, noted for the loop to act on between steps.
+
+  The loop finishes the current step, saves it and raises `RunInterruptedError`; a
+  second SIGINT raises KeyboardInterrupt at once. Handlers are installed only in
+  the main thread (elsewhere Python allows none) and restored on exit.
+  """
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._saved: dict[int, Any] = {}
+
+  def __enter__(self) -> Interrupts:
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._saved[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __exit__(self, *exc: Any) -> None:
+    for signum, handler in self._saved.items():
+      signal.signal(signum, handler)
+
+
 def train(run: build.Run) -> state_lib.GANState:
-  """Trains a built run to `config.num_steps`; returns the final state (one copy)."""
+  """Trains a built run to `config.num_steps`; returns the final state (one copy).
+
+  Raises RunStoppedError if the health monitor stops the run, RunInterruptedError after
+  SIGTERM or SIGINT (the current step saved).
+  """
+  try:
+    with Interrupts() as interrupts:
+      return _train(run, interrupts)
+  finally:
+    run.close()
+
+
+def _train(run: build.Run, interrupts: Interrupts) -> state_lib.GANState:
   config = run.config
   start = int(run.state.step)
   if start >= config.num_steps:
@@ -213,28 +314,36 @@ def train(run: build.Run) -> state_lib.GANState:
   slot = DeviceSlot(run, run.state)
   del run.state  # donated to the step from here on
   last_time, last_step, step = time.perf_counter(), start, start
-  while step < config.num_steps:
-    step += 1
-    hooks.before_step(step, slot)
-    slot.step()
-    bar.update(1)
-    steps_per_s = 0.0
-    if hooks.log_due(step):
-      jax.block_until_ready(slot.p_metrics)  # the rate is training's
-      now = time.perf_counter()
-      steps_per_s, last_time, last_step = (step - last_step) / (now - last_time), now, step
-    outcome = hooks.after_step(step, slot, steps_per_s)
-    if outcome.evaluated:  # evaluation is not training throughput
-      last_time, last_step = time.perf_counter(), step
-    if outcome.done:
-      break
-    if outcome.step != step:  # rolled back
-      step = outcome.step
-      bar.reset(total=config.num_steps)
-      bar.update(step)
-      last_time, last_step = time.perf_counter(), step
-  bar.close()
-  hooks.close()
+  outcome = None
+  try:
+    while step < config.num_steps:
+      step += 1
+      hooks.before_step(step, slot)
+      slot.step()
+      bar.update(1)
+      steps_per_s = 0.0
+      if hooks.log_due(step):
+        jax.block_until_ready(slot.p_metrics)  # the rate is training's
+        now = time.perf_counter()
+        steps_per_s, last_time, last_step = (step - last_step) / (now - last_time), now, step
+      outcome = hooks.after_step(step, slot, steps_per_s)
+      if outcome.evaluated:  # evaluation is not training throughput
+        last_time, last_step = time.perf_counter(), step
+      if outcome.done:
+        break
+      if outcome.step != step:  # rolled back
+        step = outcome.step
+        bar.reset(total=config.num_steps)
+        bar.update(step)
+        last_time, last_step = time.perf_counter(), step
+      if interrupts.signum is not None:
+        hooks.save_now(step, slot)
+        raise RunInterruptedError(interrupts.signum, step, run.workdir)
+  finally:
+    bar.close()
+    hooks.close()
+  if outcome is not None and outcome.stopped:
+    raise RunStoppedError(outcome.stopped, slot.state())
   state = slot.state()
   if jax.process_count() > 1:
     digest = distributed.fingerprint((state.g.params, state.d.params))

@@ -28,6 +28,7 @@ from ml_collections import config_flags  # noqa: E402
 from gan import data, distributed, utils  # noqa: E402
 
 FLAGS = flags.FLAGS
+STOPPED = 3  # the exit status of a run the health monitor stopped
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
@@ -36,6 +37,17 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 flags.mark_flags_as_required(["config", "workdir"])
+_RESUME_STOPPED = flags.DEFINE_bool(
+    "resume_stopped",
+    False,
+    "Go on with a run the health monitor stopped, from its newest checkpoint before the trouble.",
+)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a run although the config differs from its saved one in more than its length, "
+    "cadences and evaluation.",
+)
 # Multi-process runs (see gan/distributed.py and the README's "Multi-host training").
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", None, "host:port of process 0's coordination service (multi-process runs)."
@@ -93,15 +105,26 @@ def run(argv: list[str], train_fn: Callable[[ml_collections.ConfigDict, str], An
     )
   except ValueError as e:
     utils.fail(str(e))
+  from gan import loop  # noqa: PLC0415
   from gan.evaluation import inception  # noqa: PLC0415  (after flags, so --help stays fast)
 
   logging.info("Config:\n%s", config)
+  options = {
+      "resume_stopped": _RESUME_STOPPED.value,
+      "allow_config_change": _ALLOW_CONFIG_CHANGE.value,
+  }
   try:
-    train_fn(config, _WORKDIR.value)
+    train_fn(config, _WORKDIR.value, **options)
   except inception.InceptionWeightsNotFoundError as e:
     utils.fail(str(e), whole=True)
   except (utils.ConfigError, data.DatasetNotFoundError) as e:
     utils.fail(str(e))
+  except loop.RunStoppedError as e:
+    utils.fail(f"stopped: {e}", status=STOPPED)
+  except loop.RunInterruptedError as e:
+    utils.fail(f"interrupted: {e}", status=128 + e.signum)
+  except KeyboardInterrupt:
+    utils.fail("interrupted: a second Ctrl-C; the last checkpoint is where a rerun resumes", 130)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,18 @@
 """The loop's side of the health monitor (`gan.health`): events recorded, actions carried out.
 
 `HealthMonitor` feeds a run's log records and evaluations to `health.Monitor`,
-writes its events to events.jsonl and its state to health.json, rolls the run
-back to an earlier checkpoint with lower learning rates, undoes that remedy
-after a quiet spell, and injects the faults that experiments ask for on
-purpose (`config.inject_fault`) to show recovery.
+writes its events to events.jsonl, rolls the run back to an earlier checkpoint
+with lower learning rates, undoes that remedy after a quiet spell, and injects
+the faults that experiments ask for on purpose (`config.inject_fault`) to show
+recovery.
+
+The monitor's state is saved inside every checkpoint (`state_dict`), so a
+resumed run continues with the health state of the step it resumes from;
+health.json is a readable copy of the latest. A rollback replaces the
+checkpoint it goes back to by the restored state with its lowered learning
+rates, and the state that diverged is never saved: whatever a kill
+interrupts, the run resumes from a state that an uninterrupted run also
+passed through, and repeats the same steps from there.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from collections.abc import Callable
 
 from absl import logging
 
-from gan import build, health
+from gan import build, faults, health, utils
 from gan import state as state_lib
 
 
@@ -38,17 +46,33 @@ class HealthMonitor:
     self.fault_step = int(fault.get("step", 0)) or None
     self.fault_lr_factor = float(fault.get("lr_factor", 1.0))
     self.fault_injected = False
-    if os.path.exists(self.path) and run.checkpointer.latest_step() is not None:
-      with open(self.path) as f:
-        saved = json.load(f)
+    saved = self._saved() if run.resumed else None
+    if saved is not None:
       self.monitor.load_state_dict(saved)
       self.fault_injected = bool(saved.get("fault_injected", False))
       if self.fault_injected:
         self.fault_step = None
-      # The checkpoint is the truth about the rates in force (health.json may be a step
-      # ahead of it after a crash); an injected fault's factor is not a remedy.
+      # The state is the truth about the rates in force (health.json of an older run may
+      # be a step ahead of it); an injected fault's factor is not a remedy.
       scales = state_lib.learning_rate_scales(run.state)
       self.monitor.lr_scale = min(1.0, scales["g"])
+
+  def _saved(self) -> dict | None:
+    """The monitor's state saved with the checkpoint the run resumed from (older runs:
+    health.json; an unreadable one is ignored with a warning)."""
+    saved = self.run.checkpointer.health(int(self.run.state.step))
+    if saved is not None or not os.path.exists(self.path):
+      return saved
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except (OSError, ValueError) as e:
+      self.say(f"warning: {self.path} cannot be read ({e}); health state starts afresh")
+      return None
+
+  def state_dict(self) -> dict:
+    """What a checkpoint saves of the monitor (and of the injected fault)."""
+    return {**self.monitor.state_dict(), "fault_injected": self.fault_injected}
 
   def observe(self, step: int, metrics: dict[str, float]) -> list[health.Event]:
     return self.monitor.observe(step, metrics) if self.enabled else []
@@ -82,9 +106,14 @@ class HealthMonitor:
     if steps:
       state = self.run.checkpointer.restore(state, step=max(steps))
     self.run.checkpointer.delete_after(int(state.step))
+    faults.point("rollback:deleted")
     self.monitor.reset_windows()
     self.monitor.quiet_since = int(state.step)
     state = state_lib.with_learning_rate_scale(state, self.monitor.lr_scale)
+    # The restored state with its new rates (and the monitor's state) replaces the
+    # checkpoint it came from, so a kill from here on resumes with the remedy in force.
+    self.run.checkpointer.replace(state, self.run.config, self.state_dict())
+    faults.point("rollback:saved")
     message = (
         f"health: rolled back to step {int(state.step)}; learning rates x{self.monitor.lr_scale:g}"
     )
@@ -117,9 +146,10 @@ class HealthMonitor:
     return state_lib.with_learning_rate_scale(state, scale)
 
   def save(self) -> None:
+    """Writes health.json, the readable copy of the monitor's latest state (atomically)."""
     if self.run.primary and self.enabled:
-      with open(self.path, "w") as f:
-        json.dump({**self.monitor.state_dict(), "fault_injected": self.fault_injected}, f)
+      utils.write_json(self.path, self.state_dict())
+      faults.point("health:saved")
 
   def best_note(self) -> str:
     step = self.run.checkpointer.best_step()

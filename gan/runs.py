@@ -7,17 +7,91 @@ the generator's parameters, its EMA and batch statistics are needed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from typing import Any
+import socket
+import sys
+from typing import IO, Any
 
 import ml_collections
 import numpy as np
 
-from gan import checkpoint, methods, models, writers
+from gan import checkpoint, methods, models, utils, writers
 from gan import data as data_lib
 from gan.evaluation import evaluators, views
 from gan.utils import ConfigError
+
+STOPPED = "stopped.json"  # a run the health monitor stopped (`gan.loop.RunStoppedError`)
+LOCK = ".lock"  # held by the process training in the workdir (`lock_workdir`)
+# Keys that may differ when a run resumes: its length, cadences, evaluation and where
+# things are, not what is trained or how. Anything else is refused (`config_changes`).
+RESUMABLE_CHANGES = (
+    "num_steps",
+    "log_every",
+    "sample_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "num_samples",
+    "evals",
+    "best_checkpoint",
+    "data_dir",
+    "parallel",
+    "sweep",
+)
+
+
+def lock_workdir(workdir: str) -> IO | None:
+  """Takes `workdir`'s lock for this process, or raises ConfigError naming its holder.
+
+  The lock is an flock on `workdir/.lock`, which the kernel releases when its
+  process dies, so a killed run's lock is taken over by the next one. Where the
+  file system has no flock (some network file systems) the run goes on unlocked,
+  with a warning. Close the returned file to release the lock.
+  """
+  path = os.path.join(workdir, LOCK)
+  f = open(path, "a+")  # noqa: SIM115  (held open for the run: the lock lives with the file)
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or "another process"
+    f.close()
+    raise ConfigError(
+        f"{workdir} is in use by {holder}; wait for it to end or use another --workdir"
+    ) from None
+  except OSError as e:
+    print(f"warning: cannot lock {path} ({e}); going on without", file=sys.stderr, flush=True)
+    f.close()
+    return None
+  f.seek(0)
+  f.truncate()
+  f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+  f.flush()
+  return f
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat |= _flat(value, f"{prefix}{key}.")
+  return flat or {prefix: {}}
+
+
+def config_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """The differences between a run's saved config and `config` that a resume may not make."""
+  new = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
+  old_flat, new_flat = _flat(saved), _flat(new)
+  changes = []
+  for key in sorted(set(old_flat) | set(new_flat)):
+    if key.split(".")[0] in RESUMABLE_CHANGES:
+      continue
+    old, now = old_flat.get(key, "(none)"), new_flat.get(key, "(none)")
+    if old != now:
+      changes.append(f"{key.rstrip('.')} {old!r} -> {now!r}")
+  return changes
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -107,8 +181,7 @@ def make_views(
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """config.json: the run's whole config, as the experiment file and flags made it."""
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+  utils.write_json(os.path.join(workdir, "config.json"), config.to_dict(), indent=2, sort_keys=True)
 
 
 def write_eval_json(
@@ -124,8 +197,7 @@ def write_eval_json(
   path = os.path.join(workdir, "eval.json")
   record = {"step": step, "checkpoint": checkpoint_name, **(extra or {})}
   record |= evaluators.as_json(results)
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
+  utils.write_json(path, record, indent=2)
   return path
 
 

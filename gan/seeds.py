@@ -91,7 +91,7 @@ def run_seeds(config, workdir: str, seeds: list[int], metric: str) -> dict[str, 
   summary["wall_time_s"] = {
       str(seed): wall_time(os.path.join(workdir, f"seed_{seed}")) for seed in seeds
   }
-  with open(os.path.join(workdir, "seeds.json"), "w") as f:
+  with utils.replacing(os.path.join(workdir, "seeds.json")) as f:
     json.dump(summary, f, indent=2)
   return summary
 

@@ -412,8 +412,9 @@ def finish_step(
 
   Adds the players' update ratios, averages the metrics over the devices and,
   with `cfg.guard_nonfinite`, drops the whole update of a step whose losses,
-  gradient norms or updates are not finite (only the step counter advances),
-  so NaN/inf never reaches the parameters or the optimizer state.
+  gradient norms or updates are not finite, or that wrote a non-finite value
+  anywhere in the state (the EMAs, batch statistics, optimizer moments): only
+  the step counter advances, so NaN/inf never reaches a saved state.
   """
   if cfg.health_signals:
     for name in state.players:
@@ -424,6 +425,9 @@ def finish_step(
     return new_state, metrics
   checked = [k for k in metrics if k.endswith(_FINITE_SUFFIXES)]
   finite = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in checked]))
+  floats = [x for x in jax.tree.leaves(new_state) if jnp.issubdtype(x.dtype, jnp.floating)]
+  # The state is the same on every device (replicated), and so is this verdict.
+  finite &= jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))
   metrics["health/finite"] = finite.astype(jnp.float32)
   if cfg.guard_nonfinite:
     kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)

@@ -75,7 +75,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 
-from gan import build, health, loop, parallel, population, report, runs, writers  # noqa: E402
+from gan import build, health, loop, parallel, population, report, runs, utils, writers  # noqa: E402
 from gan import main as cli  # noqa: E402  (its flags and error handling are the sweep's)
 from gan import state as state_lib  # noqa: E402
 from gan import step as step_lib  # noqa: E402
@@ -175,9 +175,14 @@ def member_dir(workdir: str, index: int) -> str:
   return os.path.join(workdir, f"member_{index}")
 
 
-def train_population(config: ml_collections.ConfigDict, workdir: str) -> list[state_lib.GANState]:
+def train_population(
+    config: ml_collections.ConfigDict, workdir: str, **options: bool
+) -> list[state_lib.GANState]:
   """Trains (or resumes) every member of `config.sweep`; writes W/sweep.json and W/sweep.png.
 
+  `options` are `gan.build.run`'s resume_stopped and allow_config_change, for every
+  member. A member the health monitor stops is done (sweep.json says so); SIGTERM or
+  SIGINT save every member's current step and raise `gan.loop.RunInterruptedError`.
   Returns the members' final states, on the host, in member order.
   """
   if jax.process_count() > 1:
@@ -185,12 +190,20 @@ def train_population(config: ml_collections.ConfigDict, workdir: str) -> list[st
   specs = population.expand(config)
   workdir = check_workdir(workdir)
   member_runs: list[build.Run] = []
+  try:
+    with loop.Interrupts() as interrupts:
+      return _train_population(config, workdir, specs, member_runs, interrupts, options)
+  finally:
+    for run in member_runs:
+      run.close()
+
+
+def _train_population(config, workdir, specs, member_runs, interrupts, options):
   for spec in specs:
     shared = member_runs[0] if member_runs else None  # the data and evaluators are loaded once
+    directory = member_dir(workdir, spec.index)
     # The population's step is pmapped (over the devices, members vmapped): pmap's layout.
-    member_runs.append(
-        build.run(spec.config, member_dir(workdir, spec.index), shared=shared, parallel="pmap")
-    )
+    member_runs.append(build.run(spec.config, directory, shared=shared, parallel="pmap", **options))
     runs.write_config(spec.config, member_runs[-1].workdir)
   start = min(int(run.state.step) for run in member_runs)
   bar = loop.progress_bar(config.num_steps, start, f"sweep of {len(specs)}")
@@ -233,6 +246,13 @@ def train_population(config: ml_collections.ConfigDict, workdir: str) -> list[st
     if evaluated:  # evaluation is not training throughput
       last_iteration, last_time = iteration, time.perf_counter()
     bar.update(min((m.step for m in members if not m.done), default=config.num_steps) - bar.n)
+    if interrupts.signum is not None:
+      for member in members:
+        if not member.done:
+          member.hooks.save_now(member.step, member.slot)
+        member.hooks.close()
+      bar.close()
+      raise loop.RunInterruptedError(interrupts.signum, iteration, workdir)
   bar.close()
   for member in members:
     member.hooks.close()
@@ -366,8 +386,7 @@ def summarise(
       "ranking": ranking,
       "members": entries,
   }
-  with open(os.path.join(workdir, "sweep.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  utils.write_json(os.path.join(workdir, "sweep.json"), summary, indent=2)
   plot(summary, os.path.join(workdir, "sweep.png"))
   return summary
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import sys
@@ -11,17 +12,19 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 
 import numpy as np
+
+from gan import faults
 
 
 class ConfigError(ValueError):
   """A bad setting or input that the command line reports in one line."""
 
 
-def fail(message: str, whole: bool = False) -> NoReturn:
-  """Reports bad input the way command-line tools do: on stderr, exit status 2.
+def fail(message: str, status: int = 2, whole: bool = False) -> NoReturn:
+  """Reports bad input the way command-line tools do: on stderr, exit status 2 (or `status`).
 
   One line (the first and last of a long message), unless `whole`: messages
   that are instructions (which file to fetch and where) are printed entire.
@@ -29,7 +32,7 @@ def fail(message: str, whole: bool = False) -> NoReturn:
   lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
   summary = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
   print(f"error: {str(message).strip() if whole else summary}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def cache_root() -> str:
@@ -84,10 +87,18 @@ def replacing(path: str, mode: str = "w", partial: str | None = None) -> Iterato
     os.fchmod(handle, 0o644)  # readable like a file open() makes, not mkstemp's 0600
     with os.fdopen(handle, mode) as f:
       yield f
+    faults.point(f"replacing:{os.path.basename(path)}")  # written, not yet in place
     os.replace(written, path)
   finally:
     if os.path.exists(written):
       os.remove(written)
+
+
+def write_json(path: str, record: Any, **dump_args: Any) -> None:
+  """Writes `record` as JSON to `path` atomically (`replacing`): a kill leaves the old file
+  or the new one, never an empty or half-written one."""
+  with replacing(path) as f:
+    json.dump(record, f, **dump_args)
 
 
 # A partial file nobody has written to for this long is a killed writer's, not a live one's

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import mnist
-from gan import health, models, report, train, writers
+from gan import health, loop, models, report, train, writers
 from gan import state as state_lib
 
 
@@ -214,7 +214,13 @@ def test_the_matching_detector_fires_on_each_broken_run(variant, expected, tmp_p
   if variant.endswith("spike"):
     config.inject_fault.step = 150
     config.health.remedy_steps = 100  # the halved rates come back 100 quiet steps later
-  final = train.train_and_evaluate(config, str(tmp_path))
+  if variant.endswith("diverge"):  # the run ends stopped, with its last state unsaved
+    with pytest.raises(loop.RunStoppedError) as stopped:
+      train.train_and_evaluate(config, str(tmp_path))
+    final = stopped.value.state
+    assert (tmp_path / "stopped.json").exists()
+  else:
+    final = train.train_and_evaluate(config, str(tmp_path))
   events = health.read_events(str(tmp_path))
   assert {e["detector"] for e in events} == expected, events
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(final)))

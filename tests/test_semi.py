@@ -420,7 +420,7 @@ def test_evaluate_cli_reproduces_the_runs_test_error(tmp_path):
 def test_a_rollback_before_the_first_checkpoint_keeps_the_pretrained_classifier(
     tmp_path, monkeypatch
 ):
-  from gan import build, health, recovery, train  # noqa: PLC0415  (loads data)
+  from gan import build, health, loop, recovery, train  # noqa: PLC0415  (loads data)
 
   config = mnist_triple_gan.get_config("smoke")
   config.num_steps, config.log_every, config.checkpoint_every = 4, 1, 100
@@ -444,7 +444,8 @@ def test_a_rollback_before_the_first_checkpoint_keeps_the_pretrained_classifier(
 
   monkeypatch.setattr(build.Run, "pretrain", spy_pretrain)
   monkeypatch.setattr(recovery.HealthMonitor, "rollback", spy_rollback)
-  train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(loop.RunStoppedError):
+    train.train_and_evaluate(config, str(tmp_path))
   assert [e["action"] for e in health.read_events(str(tmp_path))] == ["rollback", "stop"]
   step, params = seen["rolled_back"]
   assert step == 0

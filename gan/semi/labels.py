@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from gan import utils
 from gan.utils import ConfigError
 
 FILENAME = "labelled.json"
@@ -70,9 +71,7 @@ def load_or_choose(
   }
   if write:
     os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(record, f)
-    os.replace(path + ".tmp", path)  # atomic: another process never reads half a file
+    utils.write_json(path, record)  # another process never reads half a file
   return indices
 
 
