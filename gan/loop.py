@@ -181,7 +181,7 @@ class RunLoop:
     due_checkpoint = every(step, config.checkpoint_every) or is_last or eval_metrics or stopping
     if due_checkpoint and not diverged:
       self.checkpoint(step, slot.state(), eval_metrics)
-    if (is_last or stopping) and self.results is not None and run.primary:
+    if (is_last or stopping) and action != "rollback" and self.results and run.primary:
       extra = run.method.eval_extra(run.workdir, self.results)
       runs_lib.write_eval_json(run.workdir, self.results_step, "final", self.results, extra)
     if stopping:
