@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from gan import build, loop, runs
+from gan import build, loop, platform, runs
 from gan import state as state_lib
 
 
@@ -25,6 +25,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 
   Returns the final state (one copy, on the host).
   """
+  platform.prepare(config)  # config.deterministic, before the first computation
   run = build.run(config, workdir)
   if run.primary:
     runs.write_config(config, run.workdir)
