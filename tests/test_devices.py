@@ -9,8 +9,8 @@ one case of this file in a fresh process without that forcing, where JAX
 starts its default backend, and the case runs if that is an accelerator:
 
   python -m pytest tests/test_devices.py -v      # on a GPU host (here: skipped)
-  python tests/test_devices.py CASE               # one case, in this process
-  python tests/test_devices.py CASE --allow-cpu   # the case's code, on a CPU (a dry run)
+  PYTHONPATH=. python tests/test_devices.py CASE               # one case, in this process
+  PYTHONPATH=. python tests/test_devices.py CASE --allow-cpu   # its code on a CPU (a dry run)
 
 Tolerances: the accelerator's step equals the CPU's to rtol 1e-3 in its
 metrics, with matrix products at "highest" precision (no TF32). With
@@ -31,10 +31,13 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from gan import platform
+from experiments import cifar10, mnist, toy2d
+from gan import build, data, methods, models, platform, population, train
+from gan import state as state_lib
+from gan import step as step_lib
 from gan.evaluation import sharded
 from gan.models import layers
-from gan.parallel import Layout
+from gan.parallel import Layout, replicate, unreplicate
 from gan.utils import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,13 +268,10 @@ def _run_case(name: str) -> None:
   assert done.returncode == 0, f"case {name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
 
 
-# The cases, run in the subprocess on the accelerator (imports here: the test process above
-# must not start a backend of its own for them).
+# The cases, run in the subprocess on the accelerator.
 
 
 def _toy_split(shape: tuple[int, ...], num: int = 128):
-  from gan import data  # noqa: PLC0415
-
   rng = np.random.default_rng(0)
   return data.Split(
       image=rng.integers(0, 256, (num, *shape), dtype=np.uint8),
@@ -282,12 +282,6 @@ def _toy_split(shape: tuple[int, ...], num: int = 128):
 
 def _one_step(config, split, device, steps: int = 1):
   """`steps` steps of `config`'s mapped step on one device: (metrics of the last, final state)."""
-  import jax  # noqa: PLC0415
-
-  from gan import build, methods  # noqa: PLC0415
-  from gan import step as step_lib  # noqa: PLC0415
-  from gan.parallel import Layout  # noqa: PLC0415
-
   method = methods.get(config)
   nets = methods.build_networks(config, step_lib.AXIS)
   split, arrays = build.data(config, method, tempfile.mkdtemp(), write=False, split=split)
@@ -302,10 +296,6 @@ def _one_step(config, split, device, steps: int = 1):
 
 def case_step_matches_cpu() -> None:
   """One MNIST DCGAN step on the accelerator equals the same step on the CPU."""
-  import jax  # noqa: PLC0415
-
-  from experiments import mnist  # noqa: PLC0415
-
   config = mnist.get_config("smoke")
   split = _toy_split((28, 28, 1))
   with jax.default_matmul_precision("highest"):
@@ -326,11 +316,6 @@ def case_step_matches_cpu() -> None:
 def case_resume_deterministic() -> None:
   """With deterministic=True: a resumed smoke run is bit-identical to an uninterrupted one,
   and two runs to each other."""
-  import jax  # noqa: PLC0415
-
-  from experiments import mnist  # noqa: PLC0415
-  from gan import data, train  # noqa: PLC0415
-
   split = _toy_split((28, 28, 1))
   data.load = lambda *args, **kwargs: split
   config = mnist.get_config("smoke")
@@ -356,10 +341,6 @@ def case_resume_deterministic() -> None:
 def case_bf16_32x32() -> None:
   """CIFAR-10's SNGAN networks in bfloat16 on the accelerator: float32 state, losses near
   float32's after 3 steps."""
-  import jax  # noqa: PLC0415
-
-  from experiments import cifar10  # noqa: PLC0415
-
   split = _toy_split((32, 32, 3))
   half, half_state = _one_step(cifar10.get_config("smoke,bf16"), split, jax.devices()[0], 3)
   full, _ = _one_step(cifar10.get_config("smoke"), split, jax.devices()[0], 3)
@@ -371,15 +352,6 @@ def case_bf16_32x32() -> None:
 
 def case_sweep() -> None:
   """8 vmapped toy sweep members on the accelerator equal each member's own run."""
-  import jax  # noqa: PLC0415
-  import ml_collections  # noqa: PLC0415
-
-  from experiments import toy2d  # noqa: PLC0415
-  from gan import data, methods, models, population  # noqa: PLC0415
-  from gan import state as state_lib  # noqa: PLC0415
-  from gan import step as step_lib  # noqa: PLC0415
-  from gan.parallel import replicate, unreplicate  # noqa: PLC0415
-
   config = toy2d.get_config("smoke")
   config.optim.g.decay = config.optim.d.decay = "none"
   config.sweep = ml_collections.ConfigDict(
@@ -436,13 +408,8 @@ def test_on_accelerator(accelerator, name):
 
 def main(argv: list[str]) -> None:
   name, allow_cpu = argv[0], "--allow-cpu" in argv[1:]
-  sys.path.insert(0, ROOT)
-  from gan import platform  # noqa: PLC0415
-
   if name in DETERMINISTIC:
     platform.configure_xla(platform.deterministic_flags(platform.expected_backend()))
-  import jax  # noqa: PLC0415
-
   backend = jax.default_backend()
   if backend == "cpu" and not allow_cpu:
     sys.exit(f"case {name}: the default backend is cpu, not an accelerator (--allow-cpu to run)")
