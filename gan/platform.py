@@ -56,7 +56,7 @@ class Choices:
 
 
 def canonical(backend: str) -> str:
-  """ "cpu", "gpu" (CUDA or ROCm) or another platform name as JAX spells it ("tpu")."""
+  """The name choices go by: "cpu", "gpu" (for CUDA and ROCm) or JAX's own ("tpu")."""
   backend = backend.lower()
   return "gpu" if backend in _GPU_NAMES else backend
 
