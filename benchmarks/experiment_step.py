@@ -10,12 +10,12 @@ Unlike `train_step.py` (GAN steps on random uint8 data) this builds the run
 exactly as `python -m gan.main` does (`gan.build.run`: the experiment's config,
 its dataset from TFDS, its method: GAN, Improved-GAN or Triple-GAN, the
 labelled subset) and times `Run.train_step` the way the training loop calls it,
-with at most two steps in flight. Logging, evaluation, checkpoints and sample
-grids are not timed: the number is the step's, the ceiling for a run's
-steps/s. Each `--variant` is a comma-separated list of config overrides
-(`key=value`, the value a Python literal or else a string; "" for none); the
-variants are timed in interleaved rounds (`timing.py`) and the median round
-is reported, one JSON line each.
+with the backend's bound on steps in flight (two on the CPU). Logging,
+evaluation, checkpoints and sample grids are not timed: the number is the
+step's, the ceiling for a run's steps/s. Each `--variant` is a comma-separated
+list of config overrides (`key=value`, the value a Python literal or else a
+string; "" for none); the variants are timed in interleaved rounds
+(`timing.py`) and the median round is reported, one JSON line each.
 """
 
 from __future__ import annotations
@@ -86,11 +86,11 @@ class Setting:
     """Runs `steps` steps as the training loop does and returns the mean ms per step."""
     jax.block_until_ready(self.state)
     start = time.perf_counter()
-    metrics = None
+    # The loop's bound on steps in flight, for this backend (gan.platform.choices).
+    queue = platform.StepQueue(platform.choices(self.run_.layout.backend).steps_in_flight)
     for _ in range(steps):
-      previous = metrics
       self.state, metrics = self.run_.train_step(self.state, self.run_.data)
-      jax.block_until_ready(previous)  # at most two steps in flight, as in gan.loop
+      queue.dispatched(metrics)
     jax.block_until_ready((self.state, metrics))
     return (time.perf_counter() - start) / steps * 1e3
 

@@ -50,6 +50,9 @@ def config(dataset: str, *, health: bool = True) -> ml_collections.ConfigDict:
   # processes), "pmap" or "shard_map" (`gan.train`).
   config.parallel = "auto"
   config.num_samples = 64  # fixed-noise grid, 8 x 8
+  # Run-to-run identical results on a GPU (XLA's deterministic ops), at a cost in speed
+  # (docs/gpu.md). XLA:CPU is deterministic already; this changes nothing there.
+  config.deterministic = False
 
   config.evals = ml_collections.ConfigDict()
   if health:

@@ -42,8 +42,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.generator = "dcgan28"
   config.model.discriminator = "dcgan28"
   config.model.z_dim = 100
-  # conv_chunk: convolutions run on slices of at most this many examples per
-  # device (faster on CPU at large batches, same results; None: whole batch).
+  # conv_chunk: convolutions run on slices of at most this many examples per device
+  # (faster on XLA:CPU at large batches, same results; 0: whole batch). Only on the CPU
+  # backend: accelerators take the whole batch (gan.platform.choices).
   config.model.g = ml_collections.ConfigDict({"width": 64, "conv_chunk": 64})
   config.model.d = ml_collections.ConfigDict({"width": 64, "dropout_rate": 0.3, "conv_chunk": 64})
 

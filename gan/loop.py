@@ -37,7 +37,7 @@ import jax
 from absl import logging
 from tqdm.auto import tqdm
 
-from gan import build, distributed, health, writers
+from gan import build, distributed, health, platform, writers
 from gan import runs as runs_lib
 from gan import state as state_lib
 from gan.evaluation import evaluators as evaluators_lib
@@ -86,19 +86,17 @@ class Slot(Protocol):
 class DeviceSlot:
   """A single run's state: its own copy on the devices, stepped by the run's mapped step."""
 
-  def __init__(self, run: build.Run, state: state_lib.GANState):
+  def __init__(self, run: build.Run, state: state_lib.GANState, steps_in_flight: int | None = 2):
+    """`steps_in_flight`: the backend's bound (`gan.platform.Choices`); None for none."""
     self.run = run
     self.p_state = run.layout.put(state)
     self.p_metrics = None
     self._host: state_lib.GANState | None = None
+    self.queue = platform.StepQueue(steps_in_flight)
 
   def step(self) -> None:
-    # At most two steps in flight: wait for step t-1 before queueing t+1. An
-    # unbounded queue of pmapped steps deadlocked XLA:CPU with 2 simulated
-    # devices on 2 cores (an all-reduce rendezvous timed out in step 1).
-    previous = self.p_metrics
     self.p_state, self.p_metrics = self.run.train_step(self.p_state, self.run.data)
-    jax.block_until_ready(previous)
+    self.queue.dispatched(self.p_metrics)
     self._host = None
 
   def metrics(self) -> dict[str, float]:
@@ -311,7 +309,7 @@ def _train(run: build.Run, interrupts: Interrupts) -> state_lib.GANState:
   run.pretrain(log)
   bar = progress_bar(config.num_steps, start, "train", run.primary)
   hooks = RunLoop(run, bar)
-  slot = DeviceSlot(run, run.state)
+  slot = DeviceSlot(run, run.state, platform.choices(run.layout.backend).steps_in_flight)
   del run.state  # donated to the step from here on
   last_time, last_step, step = time.perf_counter(), start, start
   outcome = None

@@ -75,6 +75,11 @@ class Layout:
     self.devices = list(devices or jax.local_devices())
     self.mesh = Mesh(np.asarray(self.devices), (step_lib.AXIS,))
 
+  @property
+  def backend(self) -> str:
+    """The platform of the devices ("cpu", "gpu", "tpu"), for `gan.platform.choices`."""
+    return self.devices[0].platform
+
   def put(self, tree: Any) -> Any:
     """A host pytree onto the devices in this layout."""
     if self.mode == "pmap":

@@ -96,6 +96,7 @@ class _Group:
     self.hparams = pop.hparams
     self.p_pop = parallel.replicate(pop, self.devices)
     self.p_metrics = None
+    self.queue = platform.StepQueue(platform.choices(lead.layout.backend).steps_in_flight)
     self.diversity_fn = jax.vmap(lead.diversity)
     self.probe_real = np.stack([np.asarray(run.probe_real) for run in members])
     self.probe_z = np.stack([np.asarray(run.probe_z) for run in members])
@@ -109,10 +110,8 @@ class _Group:
       pop = population.Population(self._host, self.hparams)
       self.p_pop = parallel.replicate(pop, self.devices)
       self._changed = False
-    # At most two steps in flight, as in gan.loop (an unbounded queue deadlocked XLA:CPU).
-    previous = self.p_metrics
     self.p_pop, self.p_metrics = self.step_fn(self.p_pop, data)
-    jax.block_until_ready(previous)
+    self.queue.dispatched(self.p_metrics)
     self._host = self._metrics = self._diversity = None
 
   def fetch_metrics(self) -> None:
@@ -185,6 +184,7 @@ def train_population(
   SIGINT save every member's current step and raise `gan.loop.RunInterruptedError`.
   Returns the members' final states, on the host, in member order.
   """
+  platform.prepare(config)  # config.deterministic, before the first computation
   if jax.process_count() > 1:
     raise ConfigError("population sweeps run in one process (its devices are the population's)")
   specs = population.expand(config)

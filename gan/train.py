@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from gan import build, loop, runs
+from gan import build, loop, platform, runs
 from gan import state as state_lib
 
 
@@ -35,6 +35,7 @@ def train_and_evaluate(
 
   Returns the final state (one copy, on the host).
   """
+  platform.prepare(config)  # config.deterministic, before the first computation
   run = build.run(
       config, workdir, resume_stopped=resume_stopped, allow_config_change=allow_config_change
   )

@@ -1,13 +1,22 @@
-"""Test setup: four simulated CPU devices, so multi-device code is tested on one CPU.
+"""Test setup: the CPU platform with four simulated devices, whatever the host has.
 
-XLA reads XLA_FLAGS when its backend starts, so this runs before any test
-imports JAX computations. Tests that need fewer devices pass a subset.
+Multi-device code is tested on one CPU, on a GPU host too: the suite selects
+the CPU platform (JAX_PLATFORMS=cpu, inherited by the processes tests start)
+instead of taking JAX's default backend. XLA reads XLA_FLAGS when its backend
+starts, so this runs before any test imports JAX computations. Tests that need
+fewer devices pass a subset. The accelerator tests (tests/test_devices.py)
+select the accelerator explicitly, in processes of their own.
 """
 
 import os
 
+SIMULATED_DEVICES = 4
+os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=4"]
+    [
+        os.environ.get("XLA_FLAGS", ""),
+        f"--xla_force_host_platform_device_count={SIMULATED_DEVICES}",
+    ]
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -52,7 +61,9 @@ TFDS_DATA_DIR = os.environ.get("TFDS_DATA_DIR") or os.path.join(
 
 
 def pytest_configure(config):
-  assert jax.device_count() == 4, "tests expect 4 simulated CPU devices"
+  assert (
+      jax.default_backend() == "cpu" and jax.device_count() == SIMULATED_DEVICES
+  ), f"tests expect {SIMULATED_DEVICES} simulated CPU devices, got {jax.devices()}"
   config.addinivalue_line(
       "markers",
       "tfds(name): needs the prepared TFDS dataset `name` in TFDS_DATA_DIR; skipped without "

@@ -42,7 +42,8 @@ class Generator28(nn.Module):
     axis_name: data-parallel axis over which batch-norm statistics are averaged,
       so a batch split over devices normalises exactly like the whole batch.
     conv_chunk: the convolutions run on slices of at most this many examples
-      (0: the whole batch); a CPU speed knob that changes no result.
+      (0: the whole batch); an XLA:CPU speed knob that changes no result, ignored
+      on other backends (`gan.platform.choices`).
     z_scale: multiplies z on the way in; 0 gives a generator that ignores its
       latent and so cannot express diversity (the health monitor's broken case).
   """

@@ -1,5 +1,10 @@
 """Layers whose stock Flax/XLA:CPU formulation is too slow for our training loop.
 
+Both workarounds here apply on the CPU backend only (`gan.platform.choices`,
+decided from JAX's default backend when the step is traced): on an
+accelerator ``ConvTranspose`` is Flax's formulation with JAX's gradient and
+``batch_chunked`` leaves the batch whole.
+
 This module owns ``ConvTranspose``: a drop-in replacement for
 ``flax.linen.ConvTranspose`` (same attributes we use, same parameter names,
 shapes and initialisers, numerically the same forward pass) whose gradients
@@ -49,6 +54,8 @@ import numpy as np
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 from jax import lax
+
+from gan import platform
 
 Array = jax.Array
 Initializer = nn.initializers.Initializer
@@ -247,8 +254,9 @@ class ConvTranspose(nn.Module):
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
 
     pads = _transpose_padding(kernel_size, strides, self.padding)
-    if all(s == 1 for s in strides):
-      # An ordinary convolution; autodiff already yields fast gradients.
+    if all(s == 1 for s in strides) or not platform.current().custom_conv_transpose:
+      # Stride 1: an ordinary convolution, whose gradients are already fast. Off the CPU
+      # backend: the stock formulation and its JAX gradient (`gan.platform`).
       y = _forward(x, kernel, strides, pads, self.precision)
     else:
       y = conv_transpose(x, kernel, strides, pads, self.precision)
@@ -263,10 +271,11 @@ def batch_chunked(layer: Any, x: Array, chunk: int) -> Array:
 
   XLA:CPU convolutions lose per-image efficiency as the batch grows past what
   fits in cache; slicing the batch of a per-example layer (a convolution, not
-  batch norm) keeps each convolution small without changing any result.
+  batch norm) keeps each convolution small without changing any result. On
+  other backends (`gan.platform.choices`) the layer sees the whole batch.
   """
   n = x.shape[0]
-  if not chunk or n <= chunk:
+  if not chunk or n <= chunk or not platform.current().conv_chunk:
     return layer(x)
   pieces = jnp.split(x, list(range(chunk, n, chunk)))
   return jnp.concatenate([layer(p) for p in pieces])
