@@ -75,7 +75,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 
-from gan import build, health, loop, parallel, population, report, runs, writers  # noqa: E402
+from gan import build, health, loop, parallel, population, report, runs, validate, writers  # noqa: E402
 from gan import main as cli  # noqa: E402  (its flags and error handling are the sweep's)
 from gan import state as state_lib  # noqa: E402
 from gan import step as step_lib  # noqa: E402
@@ -182,7 +182,13 @@ def train_population(config: ml_collections.ConfigDict, workdir: str) -> list[st
   """
   if jax.process_count() > 1:
     raise ConfigError("population sweeps run in one process (its devices are the population's)")
+  validate.check(config)
   specs = population.expand(config)
+  for spec in specs:  # every member's settings, before the first member loads any data
+    try:
+      validate.check(spec.config)
+    except ConfigError as e:
+      raise ConfigError(f"member {spec.index} {spec.hyperparameters}: {e}") from None
   workdir = check_workdir(workdir)
   member_runs: list[build.Run] = []
   for spec in specs:
