@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gan import checkpoint, distributed, health, methods, models, runs, streams, writers
+from gan import checkpoint, distributed, health, methods, models, runs, streams, validate, writers
 from gan import data as data_lib
 from gan import state as state_lib
 from gan import step as step_lib
@@ -104,17 +104,36 @@ def train_step(
 
 
 def resume(
-    checkpointer: checkpoint.Checkpointer, state: state_lib.GANState
+    checkpointer: checkpoint.Checkpointer,
+    state: state_lib.GANState,
+    config: ml_collections.ConfigDict,
 ) -> tuple[state_lib.GANState, bool]:
-  """The latest checkpoint restored into `state`'s structure, if there is one.
+  """The latest checkpoint restored into `state`'s structure (made from `config`), if there is one.
 
-  Every process resumes from the step process 0 sees, so they cannot drift apart.
+  Every process resumes from the step process 0 sees, so they cannot drift apart. Raises
+  ConfigError if the checkpoint does not fit `state` (the workdir of another experiment).
   """
   latest = checkpointer.latest_step()
   step = distributed.broadcast_from_primary(-1 if latest is None else latest)
   if step < 0:
     return state, False
+  difference = checkpointer.mismatch(state, step)
+  if difference:
+    workdir = os.path.dirname(checkpointer.directory)
+    raise ConfigError(
+        f"the checkpoint in {workdir} (step {step}) does not match this config "
+        f"({_config_diff(workdir, config) or difference}); use another --workdir, or the config "
+        "the run was trained with"
+    )
   return checkpointer.restore(state, step=step), True
+
+
+def _config_diff(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """How `config` differs from the run's config.json ("" if it cannot be read)."""
+  try:
+    return validate.config_diff(runs.load_config(workdir), config)
+  except (ConfigError, OSError, ValueError):
+    return ""
 
 
 @dataclasses.dataclass
@@ -201,7 +220,9 @@ def run(
   (the members of a population sweep, `gan.sweep`). `parallel` overrides
   `config.parallel` (a population's pmapped step needs "pmap").
   """
+  validate.check(config)
   workdir = check_workdir(workdir)
+  validate.check_run_dir(workdir)
   layout = Layout(parallel or config.get("parallel", "auto"))
   check_batch_config(config)
   # Names in the config are checked before the (slow) data loading.
@@ -214,7 +235,7 @@ def run(
   state = initial_state(config, method, nets, split, arrays)
   evaluators = evaluators_lib.build(config) if shared is None else shared.evaluators
   checkpointer = runs.checkpointer(workdir, config)
-  state, resumed = resume(checkpointer, state)
+  state, resumed = resume(checkpointer, state, config)
   if resumed:
     print(f"{distributed.prefix()}Resuming from step {int(state.step)} in {workdir}", flush=True)
   probe_real, probe_z = health_probe(config, split)
