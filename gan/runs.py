@@ -28,7 +28,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def checkpointer(workdir: str, config: ml_collections.ConfigDict) -> checkpoint.Checkpointer:
+def checkpointer(
+    workdir: str, config: ml_collections.ConfigDict, read_only: bool = False
+) -> checkpoint.Checkpointer:
   best = config.get("best_checkpoint") or {}
   return checkpoint.Checkpointer(
       workdir,
@@ -36,6 +38,7 @@ def checkpointer(workdir: str, config: ml_collections.ConfigDict) -> checkpoint.
       best_metric=best.get("metric"),
       best_mode=best.get("mode", "min"),
       keep_best=best.get("keep", 1),
+      read_only=read_only,
   )
 
 
@@ -63,10 +66,11 @@ def _restore(workdir: str, which: str) -> tuple[Any, ml_collections.ConfigDict]:
   """The state of checkpoint `which` in `workdir` (as restored: nested dicts), and the config."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config = load_config(workdir)
-  ckpt = checkpointer(workdir, config)
-  step = resolve_step(ckpt, which)
-  state = ckpt.restore(None, step)
-  ckpt.close()
+  ckpt = checkpointer(workdir, config, read_only=True)
+  try:
+    state = ckpt.restore(None, resolve_step(ckpt, which))
+  finally:
+    ckpt.close()
   return state, config
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import sys
@@ -30,6 +31,38 @@ def fail(message: str, whole: bool = False) -> NoReturn:
   summary = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
   print(f"error: {str(message).strip() if whole else summary}", file=sys.stderr)
   sys.exit(2)
+
+
+def describe_os_error(e: OSError) -> str:
+  """An OSError in one line, the file first: "/run/eval.json: Read-only file system"."""
+  if e.filename and e.strerror:
+    return f"{e.filename}: {e.strerror}"
+  return str(e)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The records of a .jsonl file a run appends to, without the lines that are not JSON.
+
+  A writer killed mid-line leaves a partial line (the last one, or, once a resumed
+  run appends, one in the middle); a reader running beside a writer may see one.
+  They are skipped with a one-line warning on stderr.
+  """
+  records, bad = [], []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        bad.append(number)
+  if bad:
+    lines = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+    print(
+        f"warning: skipped {len(bad)} partial line(s) of {path} (line {lines})",
+        file=sys.stderr,
+    )
+  return records
 
 
 def cache_root() -> str:
