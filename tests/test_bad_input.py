@@ -146,6 +146,16 @@ def test_nan_in_a_swept_value_is_rejected():
     validate.check(config)
 
 
+def test_a_sweep_checks_every_member_before_building_any(tmp_path):
+  from gan import sweep  # noqa: PLC0415  (defines gan.main's flags)
+
+  config = mnist.get_config("smoke")
+  config.sweep.params = {"optim/g/lr,optim/d/lr": (2e-4, -1.0)}
+  with pytest.raises(utils.ConfigError, match=r"^member 1 .*optim\.[gd]\.lr=-1.0: must be"):
+    sweep.train_population(config, str(tmp_path / "sweep"))
+  assert not (tmp_path / "sweep").exists()
+
+
 def test_other_structural_mistakes_are_config_errors():
   config = mnist.get_config("smoke")
   with config.unlocked():
