@@ -25,7 +25,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gan import checkpoint, distributed, health, methods, models, runs, streams, utils, writers
+from gan import (
+    checkpoint,
+    distributed,
+    health,
+    methods,
+    models,
+    runs,
+    streams,
+    utils,
+    validate,
+    writers,
+)
 from gan import data as data_lib
 from gan import state as state_lib
 from gan import step as step_lib
@@ -104,24 +115,35 @@ def train_step(
 
 
 def resume(
-    checkpointer: checkpoint.Checkpointer, state: state_lib.GANState
+    checkpointer: checkpoint.Checkpointer,
+    state: state_lib.GANState,
+    config: ml_collections.ConfigDict,
 ) -> tuple[state_lib.GANState, bool]:
-  """The newest intact checkpoint restored into `state`'s structure, if there is one.
+  """The newest intact checkpoint restored into `state`'s structure (made from `config`).
 
   One process falls back past checkpoints that cannot be read
-  (`Checkpointer.restore_latest`). Several processes resume from the step
-  process 0 sees, so they cannot drift apart.
+  (`Checkpointer.restore_latest`); several resume from the step process 0 sees,
+  so they cannot drift apart. Raises ConfigError if the latest checkpoint does
+  not fit `state` (the workdir of another experiment).
   """
+  latest = checkpointer.latest_step()
+  latest = distributed.broadcast_from_primary(-1 if latest is None else latest)
+  if latest < 0:
+    return state, False
+  difference = checkpointer.mismatch(state, latest)
+  if difference:
+    workdir = os.path.dirname(checkpointer.directory)
+    raise ConfigError(
+        f"the checkpoint in {workdir} (step {latest}) does not match this config "
+        f"({_config_diff(workdir, config) or difference}); use another --workdir, or the config "
+        "the run was trained with"
+    )
   try:
     if jax.process_count() == 1:
-      restored, step = checkpointer.restore_latest(state)
+      restored, _ = checkpointer.restore_latest(state)
       return (state, False) if restored is None else (restored, True)
-    latest = checkpointer.latest_step()
-    step = distributed.broadcast_from_primary(-1 if latest is None else latest)
-    if step < 0:
-      return state, False
-    return checkpointer.restore(state, step=step), True
-  except ValueError as e:  # a checkpoint of another structure
+    return checkpointer.restore(state, step=latest), True
+  except ValueError as e:  # an older checkpoint of another structure
     raise ConfigError(str(e)) from None
 
 
@@ -159,13 +181,22 @@ def check_resumable(
       saved = checkpointer.config(latest)
     except Exception:  # noqa: BLE001  (unreadable: `resume` sets the checkpoint aside)
       saved = None
-  changes = runs.config_changes(saved, config) if saved is not None else []
+  changes = ""
+  if saved is not None:
+    changes = validate.config_diff(saved, config, ignore=runs.RESUMABLE_CHANGES)
   if changes and not allow_config_change:
-    shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
     raise ConfigError(
-        f"{workdir} holds a run of another config ({shown}); use another --workdir, or "
+        f"{workdir} holds a run of another config ({changes}); use another --workdir, or "
         "--allow_config_change to resume it anyway"
     )
+
+
+def _config_diff(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """How `config` differs from the run's config.json ("" if it cannot be read)."""
+  try:
+    return validate.config_diff(runs.load_config(workdir), config)
+  except (ConfigError, OSError, ValueError):
+    return ""
 
 
 @dataclasses.dataclass
@@ -261,7 +292,9 @@ def run(
   `config.parallel` (a population's pmapped step needs "pmap"). The workdir is
   locked for this process until `Run.close`; see `check_resumable` for the flags.
   """
+  validate.check(config)
   workdir = check_workdir(workdir)
+  validate.check_run_dir(workdir)
   primary = distributed.is_primary()
   lock = runs.lock_workdir(workdir) if primary else None
   try:
@@ -286,7 +319,7 @@ def _run(config, workdir, shared, parallel, resume_stopped, allow_config_change,
   split, arrays = data(config, method, workdir, primary, shared.split if shared else None)
   state = initial_state(config, method, nets, split, arrays)
   evaluators = evaluators_lib.build(config) if shared is None else shared.evaluators
-  state, resumed = resume(checkpointer, state)
+  state, resumed = resume(checkpointer, state, config)
   if resumed:
     print(f"{distributed.prefix()}Resuming from step {int(state.step)} in {workdir}", flush=True)
   probe_real, probe_z = health_probe(config, split)

@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from gan import faults
@@ -45,6 +46,8 @@ class Checkpointer:
       rank checkpoints by; None keeps only the latest ones.
     best_mode: "min" or "max": which end of `best_metric` is best.
     keep_best: number of best checkpoints to keep besides the latest.
+    read_only: only restore (gan.evaluate, gan.sample): create no directory and leave the
+      partial saves alone, which may be a running training's.
   """
 
   def __init__(
@@ -54,6 +57,7 @@ class Checkpointer:
       best_metric: str | None = None,
       best_mode: str = "min",
       keep_best: int = 1,
+      read_only: bool = False,
   ):
     if keep < 1:
       raise ValueError(f"keep_checkpoints must be >= 1 (the latest is always kept), not {keep}")
@@ -82,8 +86,8 @@ class Checkpointer:
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
         best_fn=best_fn,  # so that metrics are stored with checkpoints and best_step works
         best_mode=best_mode,
-        create=True,
-        cleanup_tmp_directories=True,
+        create=not read_only,
+        cleanup_tmp_directories=not read_only,
     )
     self.directory = os.path.join(workdir, "checkpoints")
     self._manager = ocp.CheckpointManager(
@@ -207,6 +211,27 @@ class Checkpointer:
     )
     return restored["state"] if like is None else like.replace(**restored["state"])
 
+  def mismatch(self, like: GANState, step: int) -> str | None:
+    """Where checkpoint `step` does not fit the structure of `like` (an array's path and both
+    shapes), or None if it fits. Read from the checkpoint's metadata: a restore that does not
+    fit fails inside Orbax's threads, which then print tracebacks until the process ends."""
+    path = epath.Path(self.directory) / str(step) / "state"
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      saved = _shapes(handler.metadata(path))
+    except (OSError, ValueError):  # unreadable: damaged, which restoring will report
+      return None
+    finally:
+      handler.close()
+    wanted = _shapes(_fields(like))
+    for key in sorted(saved.keys() ^ wanted.keys()):
+      where = "only in the checkpoint" if key in saved else "not in the checkpoint"
+      return f"{key} is {where}"
+    for key in sorted(saved):
+      if saved[key] != wanted[key]:
+        return f"{key} has shape {saved[key]} in the checkpoint, {wanted[key]} in this config"
+    return None
+
   def delete_after(self, step: int) -> None:
     """Deletes the checkpoints of steps after `step` (a rollback abandons them)."""
     self._manager.wait_until_finished()
@@ -217,6 +242,19 @@ class Checkpointer:
   def close(self) -> None:
     """Waits for pending (asynchronous) saves to finish, then releases the manager."""
     self._manager.close()
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{"g.params.Dense_0.kernel": shape} of a state's arrays (or of their saved metadata)."""
+
+  def name(entry: Any) -> str:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(entry, attribute):
+        return str(getattr(entry, attribute))
+    return str(entry)
+
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {".".join(map(name, path)): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
 
 
 def _fields(state: GANState) -> dict[str, Any]:

@@ -37,6 +37,8 @@ def main(argv: list[str]) -> None:
     utils.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  if _NUM_SAMPLES.value is not None and _NUM_SAMPLES.value <= 0:
+    utils.fail(f"--num_samples must be positive, not {_NUM_SAMPLES.value}")
   try:
     from gan import runs  # noqa: PLC0415  (after flags, so --help stays fast)
     from gan.evaluation import inception  # noqa: PLC0415
@@ -46,8 +48,10 @@ def main(argv: list[str]) -> None:
     )
   except inception.InceptionWeightsNotFoundError as e:
     utils.fail(str(e), whole=True)
-  except (utils.ConfigError, data.DatasetNotFoundError, FileNotFoundError) as e:
+  except (utils.ConfigError, data.DatasetNotFoundError) as e:
     utils.fail(str(e))
+  except OSError as e:  # a read-only or missing directory
+    utils.fail(utils.describe_os_error(e))
   print(json.dumps(record, indent=2))
   print(f"wrote {os.path.join(_WORKDIR.value, 'eval.json')}", file=sys.stderr)
 

@@ -71,6 +71,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gan import utils
 from gan.evaluation import metrics
 
 DETECTORS = ("discriminator_wins", "mode_collapse", "divergence", "plateau")
@@ -498,5 +499,4 @@ def read_events(workdir: str) -> list[dict[str, Any]]:
   path = os.path.join(workdir, "events.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return utils.read_jsonl(path)

@@ -3,9 +3,11 @@
 Only parses flags and calls `gan.train.train_and_evaluate`. `gan.sweep` uses the
 same flags and error handling (`run`) for a population of runs. Config values are
 overridden with `--config.key=value`; the config is locked, so a mistyped key
-is an error. Bad input (unknown key, wrong type, missing config file, batch not
-divisible by the device count, unwritable workdir, missing dataset) is
-reported in one line on stderr with exit status 2, not a traceback.
+is an error. Bad input (unknown key, wrong type, a setting out of its range
+(`gan.validate`), missing config file or a syntax error in it, batch not
+divisible by the device count, unwritable workdir, missing dataset, a workdir
+whose checkpoint another config made) is reported in one line on stderr with
+exit status 2, not a traceback.
 
 Multi-process: the same command in every process, plus `--coordinator
 HOST:PORT --num_processes N --process_id I` (or a cluster launcher's
@@ -69,6 +71,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     return FLAGS(argv)
   except flags.Error as e:
     utils.fail(str(e))
+  except SyntaxError as e:  # in the config file, which is Python
+    utils.fail(f"config file {e.filename}, line {e.lineno}: {e.msg}")
   except (AttributeError, KeyError) as e:  # ml_collections' unknown key in --config.x=...
     # The key, quoted, maybe followed by a line 'Did you mean "x" instead of "y"?'.
     detail = e  # e.g. AttributeError(KeyError("'num_stpes'\nDid you mean ...?"))

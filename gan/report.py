@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gan import health, writers
+from gan import health, utils, writers
 
 # Training-signal panels: (title, metric keys, log scale).
 PANELS = (
@@ -237,9 +237,10 @@ def _sample_strip(samples: list[str], count: int = 8) -> list[str]:
   return [samples[i] for i in sorted(set(picks.tolist()))]
 
 
-def write(workdir: str) -> tuple[str, str]:
-  """Writes report.html and summary.png into `workdir`; returns their paths."""
-  report = load(workdir)
+def write(workdir: str, report: dict[str, Any] | None = None) -> tuple[str, str]:
+  """Writes report.html and summary.png into `workdir` (of `report`, default `load(workdir)`);
+  returns their paths."""
+  report = load(workdir) if report is None else report
   text = verdict(report)
   training = [p for p in PANELS if any(k in report["series"] for k in p[1])]
   metric_panels = _metric_panels(report)
@@ -326,10 +327,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(2)
   workdir = argv[0]
   if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-    print(f"error: {workdir!r} has no metrics.jsonl (not a run directory?)", file=sys.stderr)
-    sys.exit(2)
-  html_path, summary_path = write(workdir)
-  print(verdict(load(workdir)))
+    utils.fail(f"{workdir!r} has no metrics.jsonl (not a run directory?)")
+  report = load(workdir)
+  try:
+    html_path, summary_path = write(workdir, report)
+  except OSError as e:  # a read-only run directory
+    utils.fail(utils.describe_os_error(e))
+  print(verdict(report))
   print(f"wrote {html_path} and {summary_path}")
 
 

@@ -25,7 +25,7 @@ from gan.utils import ConfigError
 STOPPED = "stopped.json"  # a run the health monitor stopped (`gan.loop.RunStoppedError`)
 LOCK = ".lock"  # held by the process training in the workdir (`lock_workdir`)
 # Keys that may differ when a run resumes: its length, cadences, evaluation and where
-# things are, not what is trained or how. Anything else is refused (`config_changes`).
+# things are, not what is trained or how. Anything else is refused (`gan.build.check_resumable`).
 RESUMABLE_CHANGES = (
     "num_steps",
     "log_every",
@@ -71,29 +71,6 @@ def lock_workdir(workdir: str) -> IO | None:
   return f
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  flat = {}
-  for key, value in tree.items():
-    flat |= _flat(value, f"{prefix}{key}.")
-  return flat or {prefix: {}}
-
-
-def config_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-  """The differences between a run's saved config and `config` that a resume may not make."""
-  new = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
-  old_flat, new_flat = _flat(saved), _flat(new)
-  changes = []
-  for key in sorted(set(old_flat) | set(new_flat)):
-    if key.split(".")[0] in RESUMABLE_CHANGES:
-      continue
-    old, now = old_flat.get(key, "(none)"), new_flat.get(key, "(none)")
-    if old != now:
-      changes.append(f"{key.rstrip('.')} {old!r} -> {now!r}")
-  return changes
-
-
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -102,7 +79,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def checkpointer(workdir: str, config: ml_collections.ConfigDict) -> checkpoint.Checkpointer:
+def checkpointer(
+    workdir: str, config: ml_collections.ConfigDict, read_only: bool = False
+) -> checkpoint.Checkpointer:
   best = config.get("best_checkpoint") or {}
   return checkpoint.Checkpointer(
       workdir,
@@ -110,6 +89,7 @@ def checkpointer(workdir: str, config: ml_collections.ConfigDict) -> checkpoint.
       best_metric=best.get("metric"),
       best_mode=best.get("mode", "min"),
       keep_best=best.get("keep", 1),
+      read_only=read_only,
   )
 
 
@@ -137,10 +117,11 @@ def _restore(workdir: str, which: str) -> tuple[Any, ml_collections.ConfigDict]:
   """The state of checkpoint `which` in `workdir` (as restored: nested dicts), and the config."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config = load_config(workdir)
-  ckpt = checkpointer(workdir, config)
-  step = resolve_step(ckpt, which)
-  state = ckpt.restore(None, step)
-  ckpt.close()
+  ckpt = checkpointer(workdir, config, read_only=True)
+  try:
+    state = ckpt.restore(None, resolve_step(ckpt, which))
+  finally:
+    ckpt.close()
   return state, config
 
 

@@ -51,8 +51,10 @@ def main(argv: list[str]) -> None:
         _SEED.value,
         _LABEL.value,
     )
-  except (utils.ConfigError, FileNotFoundError) as e:
+  except utils.ConfigError as e:
     utils.fail(str(e))
+  except OSError as e:  # a read-only or missing directory
+    utils.fail(utils.describe_os_error(e))
   x = arrays["x"]
   y = f", y {arrays['y'].dtype} {tuple(arrays['y'].shape)}" if "y" in arrays else ""
   print(f"wrote {_OUT.value}: x {x.dtype} {tuple(x.shape)}{y}", file=sys.stderr)

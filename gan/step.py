@@ -138,16 +138,13 @@ class GANStepConfig(CommonStepConfig):
           f"a conditional D (model.d.num_classes={d_classes}) needs a G conditioned on the "
           f"same classes; model.g.num_classes is {g_classes}"
       )
-    r1_every = config.get("r1_every", 1)
-    if r1_every < 1:
-      raise ConfigError(f"r1_every must be a positive number of D updates, got {r1_every}")
     return cls(
         **cls.common(config),
         n_critic=config.n_critic,
         loss=losses.get(config.loss, config.label_smoothing),
         label_smoothing=config.label_smoothing,
         r1_gamma=config.get("r1_gamma", 0.0),
-        r1_every=r1_every,
+        r1_every=config.get("r1_every", 1),
         gp_weight=config.get("gp_weight", 0.0),
         diffaugment=augment.parse_policy(config.get("diffaugment", "")),
         g_classes=g_classes,

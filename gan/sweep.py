@@ -75,7 +75,18 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 
-from gan import build, health, loop, parallel, population, report, runs, utils, writers  # noqa: E402
+from gan import (  # noqa: E402
+    build,
+    health,
+    loop,
+    parallel,
+    population,
+    report,
+    runs,
+    utils,
+    validate,
+    writers,  # noqa: E402
+)
 from gan import main as cli  # noqa: E402  (its flags and error handling are the sweep's)
 from gan import state as state_lib  # noqa: E402
 from gan import step as step_lib  # noqa: E402
@@ -187,7 +198,13 @@ def train_population(
   platform.prepare(config)  # config.deterministic, before the first computation
   if jax.process_count() > 1:
     raise ConfigError("population sweeps run in one process (its devices are the population's)")
+  validate.check(config)
   specs = population.expand(config)
+  for spec in specs:  # every member's settings, before the first member loads any data
+    try:
+      validate.check(spec.config)
+    except ConfigError as e:
+      raise ConfigError(f"member {spec.index} {spec.hyperparameters}: {e}") from None
   workdir = check_workdir(workdir)
   member_runs: list[build.Run] = []
   try:

@@ -35,6 +35,38 @@ def fail(message: str, status: int = 2, whole: bool = False) -> NoReturn:
   sys.exit(status)
 
 
+def describe_os_error(e: OSError) -> str:
+  """An OSError in one line, the file first: "/run/eval.json: Read-only file system"."""
+  if e.filename and e.strerror:
+    return f"{e.filename}: {e.strerror}"
+  return str(e)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The records of a .jsonl file a run appends to, without the lines that are not JSON.
+
+  A writer killed mid-line leaves a partial line (the last one, or, once a resumed
+  run appends, one in the middle); a reader running beside a writer may see one.
+  They are skipped with a one-line warning on stderr.
+  """
+  records, bad = [], []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        bad.append(number)
+  if bad:
+    lines = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+    print(
+        f"warning: skipped {len(bad)} partial line(s) of {path} (line {lines})",
+        file=sys.stderr,
+    )
+  return records
+
+
 def cache_root() -> str:
   """Where derived files are cached: `$JAXGAN_CACHE`, or ~/.cache/jaxgan.
 

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image
 
+from gan import utils
+
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
   """[-1, 1] floats -> uint8 pixels, rounding to nearest: the one quantisation of the project.
@@ -114,5 +116,4 @@ class NullWriter:
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
   """All records of metrics.jsonl, in the order written."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return utils.read_jsonl(os.path.join(workdir, "metrics.jsonl"))

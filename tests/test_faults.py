@@ -179,7 +179,7 @@ def test_resuming_with_another_config_is_refused_in_one_line(plain, tmp_path):
   result = _cli(workdir, "--config.seed=1", "--config.num_steps=60")
   assert result.returncode == 2
   (line,) = _error_lines(result)
-  assert "seed 0 -> 1" in line and "--allow_config_change" in line
+  assert "seed: 0 -> 1" in line and "--allow_config_change" in line
   assert (workdir / "config.json").read_text() == saved  # still the checkpoints' config
   assert _cli(workdir, "--config.num_steps=60").returncode == 0  # its length may change
 
