@@ -123,9 +123,13 @@ def test_missing_other_dataset_fails_fast_with_a_clear_message(tmp_path):
 
 
 @pytest.mark.tfds("mnist")
-def test_reads_the_prepared_tfds_mnist_then_its_cached_copy(tmp_path, monkeypatch):
+def test_reads_the_prepared_tfds_mnist_then_its_cached_copy(tmp_path, monkeypatch, capfd):
   monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path))  # an empty cache: TensorFlow reads
   split = data.load("mnist", "test", SHARED)
+  # The reader shows its progress, and none of TensorFlow's start-up lines.
+  err = capfd.readouterr().err
+  assert "reading mnist:test" in err and "10000/10000" in err
+  assert "oneDNN" not in err and "absl::InitializeLog" not in err
   assert split.image.shape == (10000, 28, 28, 1)
   assert np.bincount(split.label).sum() == 10000
   assert len(list((tmp_path / "data").glob("mnist-test-*.npz"))) == 1
