@@ -36,7 +36,7 @@ import optax
 from flax import serialization
 
 from gan import data as data_lib
-from gan import platform
+from gan import platform, utils
 from gan.utils import ConfigError
 
 
@@ -365,12 +365,18 @@ def main(argv: list[str] | None = None) -> None:
   platform.configure_xla()  # before the first computation initialises the backend
   if args.command == "train":
     command = shlex.join(["python", "-m", "gan.evaluation.classifiers", *argv])
-    classifier = train_on(args.dataset, arch, args.data_dir, args.seed)
+    try:
+      classifier = train_on(args.dataset, arch, args.data_dir, args.seed)
+    except data_lib.DatasetNotFoundError as e:
+      utils.fail(str(e))
     stem = save(classifier, args.out, command)
     print(json.dumps(classifier.info, indent=2, sort_keys=True))
     print(f"wrote {stem}.msgpack and {stem}.json")
     return
-  classifier = load(args.dataset, arch)
+  try:
+    classifier = load(args.dataset, arch)
+  except ConfigError as e:
+    utils.fail(str(e))
   test = data_lib.load(args.dataset, "test", args.data_dir)
   start = time.perf_counter()
   measured = {"test_accuracy": accuracy(classifier, test)}
