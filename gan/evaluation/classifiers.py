@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
+from tqdm.auto import tqdm
 
 from gan import data as data_lib
 from gan import platform, utils
@@ -142,22 +143,41 @@ class Classifier:
 
     self._apply = apply
 
-  def __call__(self, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and penultimate features for uint8 images (N, H, W, C), in batches."""
+  def __call__(
+      self, images: np.ndarray, batch_size: int = 500, progress: str | None = None
+  ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features for uint8 images (N, H, W, C), in batches.
+
+    With `progress`, a bar of that title shows if it takes more than a few seconds.
+    """
     apply = lambda x: dict(zip(("logits", "features"), self._apply(x), strict=True))  # noqa: E731
-    out = batched(apply, np.asarray(images), batch_size)
+    out = batched(apply, np.asarray(images), batch_size, progress)
     return out["logits"], out["features"]
 
 
-def batched(fn, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-  """Applies `fn` (fixed batch size: one compilation) to all images, padding the last batch."""
+def batched(
+    fn, images: np.ndarray, batch_size: int, progress: str | None = None
+) -> dict[str, np.ndarray]:
+  """Applies `fn` (fixed batch size: one compilation) to all images, padding the last batch.
+
+  With `progress`, a bar of that title shows if it takes more than a few seconds.
+  """
   out: dict[str, list[np.ndarray]] = {}
-  for start in range(0, len(images), batch_size):
-    chunk = images[start : start + batch_size]
-    pad = batch_size - len(chunk)
-    padded = np.pad(chunk, ((0, pad),) + ((0, 0),) * (chunk.ndim - 1)) if pad else chunk
-    for k, v in fn(padded).items():
-      out.setdefault(k, []).append(np.asarray(v)[: len(chunk)])
+  with tqdm(
+      total=len(images),
+      desc=progress,
+      unit=" images",
+      disable=progress is None,
+      delay=3.0,
+      mininterval=utils.progress_interval(),
+  ) as bar:
+    for start in range(0, len(images), batch_size):
+      chunk = images[start : start + batch_size]
+      pad = batch_size - len(chunk)
+      padded = np.pad(chunk, ((0, pad),) + ((0, 0),) * (chunk.ndim - 1)) if pad else chunk
+      for k, v in fn(padded).items():
+        out.setdefault(k, []).append(np.asarray(v)[: len(chunk)])
+      bar.update(len(chunk))
   return {k: np.concatenate(v) for k, v in out.items()}
 
 

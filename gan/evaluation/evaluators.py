@@ -94,7 +94,9 @@ class ClassifierEvaluator:
     dataset = cfg.get("dataset", None) or config.dataset
     self.classifier = classifiers.load(dataset, cfg.arch)
     reference = data_lib.load(dataset, cfg.split, config.data_dir)
-    self.reference_logits, self.reference_features = self.classifier(reference.image)
+    self.reference_logits, self.reference_features = self.classifier(
+        reference.image, progress=f"evals.{name}: reference features"
+    )
     info = self.classifier.info
     self.protocol_base = {
         "extractor": f"{info['dataset']}-{info['arch']} classifier, penultimate features",
