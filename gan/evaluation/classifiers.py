@@ -315,9 +315,9 @@ def save(classifier: Classifier, directory: str, command: str) -> str:
   }
   os.makedirs(directory, exist_ok=True)
   stem = os.path.join(directory, weights_name(info["dataset"], info["arch"]))
-  with open(f"{stem}.msgpack", "wb") as f:
+  with utils.replacing(f"{stem}.msgpack", "wb") as f:
     f.write(blob)
-  with open(f"{stem}.json", "w") as f:
+  with utils.replacing(f"{stem}.json") as f:  # last: a record only beside its weights
     json.dump(info, f, indent=2, sort_keys=True)
     f.write("\n")
   classifier.info = info
