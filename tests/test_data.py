@@ -103,9 +103,17 @@ def test_a_batch_must_fit_the_split_except_for_points():
   np.testing.assert_array_equal(data.reference_points("ring8"), points.image)
 
 
-def test_missing_mnist_falls_back_to_bundled_sample(tmp_path, capsys):
+def _nothing_set(monkeypatch, home):
+  """No config.data_dir, no $TFDS_DATA_DIR, and TFDS's default directory empty."""
+  monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+  monkeypatch.setenv("HOME", str(home))
+
+
+def test_missing_mnist_falls_back_to_bundled_sample(tmp_path, monkeypatch, capsys):
+  _nothing_set(monkeypatch, tmp_path)
+  data._warn_once.cache_clear()  # a warning said earlier in this process
   start = time.monotonic()
-  split = data.load("mnist", "train", str(tmp_path))
+  split = data.load("mnist", "train")
   assert time.monotonic() - start < 30
   assert split.image.shape == (5000, 28, 28, 1) and split.image.dtype == np.uint8
   assert np.bincount(split.label).tolist() == [500] * 10
@@ -113,6 +121,20 @@ def test_missing_mnist_falls_back_to_bundled_sample(tmp_path, capsys):
   assert np.bincount(split.label[:1000], minlength=10).min() >= 70
   assert 0 < split.image.mean() < 255
   assert "5,000-image MNIST sample" in capsys.readouterr().err
+  data.load("mnist", "test")
+  assert "MNIST sample" not in capsys.readouterr().err  # said once
+
+
+@pytest.mark.parametrize("named_by", ["config", "environment"])
+def test_mnist_missing_from_a_named_data_dir_is_an_error(tmp_path, monkeypatch, named_by):
+  """A data_dir the user named but got wrong is a mistake to report, not a reason to train
+  on the 5,000-image sample (only a user who set nothing gets that)."""
+  _nothing_set(monkeypatch, tmp_path)
+  wrong = str(tmp_path / "wrong")
+  if named_by == "environment":
+    monkeypatch.setenv("TFDS_DATA_DIR", wrong)
+  with pytest.raises(data.DatasetNotFoundError, match=rf"'mnist' not found in data_dir '{wrong}'"):
+    data.load("mnist", "train", wrong if named_by == "config" else None)
 
 
 def test_missing_other_dataset_fails_fast_with_a_clear_message(tmp_path):
@@ -123,9 +145,13 @@ def test_missing_other_dataset_fails_fast_with_a_clear_message(tmp_path):
 
 
 @pytest.mark.tfds("mnist")
-def test_reads_the_prepared_tfds_mnist_then_its_cached_copy(tmp_path, monkeypatch):
+def test_reads_the_prepared_tfds_mnist_then_its_cached_copy(tmp_path, monkeypatch, capfd):
   monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path))  # an empty cache: TensorFlow reads
   split = data.load("mnist", "test", SHARED)
+  # The reader shows its progress, and none of TensorFlow's start-up lines.
+  err = capfd.readouterr().err
+  assert "reading mnist:test" in err and "10000/10000" in err
+  assert "oneDNN" not in err and "absl::InitializeLog" not in err
   assert split.image.shape == (10000, 28, 28, 1)
   assert np.bincount(split.label).sum() == 10000
   assert len(list((tmp_path / "data").glob("mnist-test-*.npz"))) == 1

@@ -83,19 +83,23 @@ def test_unwritable_workdir(tmp_path):
   )
 
 
-def test_trains_offline_on_two_devices_and_resumes(tmp_path):
+def test_mnist_missing_from_a_named_data_dir_is_one_line(tmp_path):
+  wrong = f"--config.data_dir={tmp_path / 'wrong'}"
+  result = _run(["--config", SMOKE, "--workdir", str(tmp_path / "run"), wrong])
+  _assert_one_line_error(result, "'mnist' not found", str(tmp_path / "wrong"))
+  assert "MNIST sample" not in result.stderr
+
+
+def test_trains_offline_on_two_devices_and_resumes(tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
-  no_data = f"--config.data_dir={tmp_path / 'empty'}"
-  first = _run(
-      ["--config", SMOKE, "--workdir", workdir, no_data, "--config.num_steps=10"], devices=2
-  )
+  monkeypatch.delenv("TFDS_DATA_DIR", raising=False)  # nothing set: the bundled MNIST sample
+  monkeypatch.setenv("HOME", str(tmp_path))
+  first = _run(["--config", SMOKE, "--workdir", workdir, "--config.num_steps=10"], devices=2)
   assert first.returncode == 0, first.stderr
-  assert "5,000-image MNIST sample" in first.stderr
+  assert first.stderr.count("5,000-image MNIST sample") == 1
   assert os.path.exists(os.path.join(workdir, "samples", "step_000010.png"))
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "10"))
-  second = _run(
-      ["--config", SMOKE, "--workdir", workdir, no_data, "--config.num_steps=20"], devices=2
-  )
+  second = _run(["--config", SMOKE, "--workdir", workdir, "--config.num_steps=20"], devices=2)
   assert second.returncode == 0, second.stderr
   assert "Resuming from step 10" in second.stdout
   assert os.path.exists(os.path.join(workdir, "samples", "step_000020.png"))

@@ -99,14 +99,15 @@ def test_launcher_stops_on_bad_config(tmp_path, capsys):
   assert re.search(r"launch: process \d exited with 2", err), err
 
 
-def test_two_processes_train_resume_and_match_two_devices(tmp_path):
+def test_two_processes_train_resume_and_match_two_devices(tmp_path, monkeypatch):
   """2 processes x 1 CPU device == 1 process x 2 simulated devices; killed and relaunched."""
   deadline = time.monotonic() + DEADLINE_S
-  offline = f"--config.data_dir={tmp_path / 'no_data'}"  # the bundled MNIST sample: fast to load
+  # No data_dir set anywhere: the bundled MNIST sample, fast to load.
+  monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path))
   common = [
       "--config",
       SMOKE,
-      offline,
       "--config.checkpoint_every=10",
       "--config.keep_checkpoints=5",
   ]

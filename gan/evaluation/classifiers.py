@@ -1,38 +1,32 @@
-"""Domain classifiers for offline metrics: architectures, training, and the on-disk cache.
+"""Domain classifiers for offline metrics: architectures, training recipes, shipped weights.
 
 A classifier trained by the project on a dataset's real training split gives
 metrics that need no downloaded weights: the Fréchet Classifier Distance (FD
 on its penultimate features), class coverage and confidence (see
 `gan.evaluation.evaluators`), and the Stacked-MNIST mode count.
 
-Trained classifiers are cached under `<cache>/classifiers/<dataset>-<arch>-<recipe hash>/`
-(`variables.msgpack` + `info.json` with the test accuracy, the splits, the
-weights' SHA-256 and a digest of the training images and labels);
-`<cache>` is `$JAXGAN_CACHE` or `~/.cache/jaxgan`. Where the dataset is
-prepared, a cached classifier trained on other data (a re-prepared dataset,
-the offline MNIST sample) is trained again; a copy of the same data
-elsewhere, on another host, matches. One process trains a missing entry while
-the others wait for it (a lock file beside the entry). Train or refresh one with
+The classifiers are trained once by a maintainer and shipped inside the
+package, `weights/<dataset>-<arch>.msgpack` beside `<dataset>-<arch>.json`
+(its test accuracy, the weights' SHA-256, the recipe and the command that
+trained it), so every machine scores samples with the same network. `load`
+checks the weights against their recorded SHA-256. To train them again:
 
-  python -m gan.evaluation.classifiers --dataset mnist --arch mnist_cnn
-
-Each entry's `info.json` records its test accuracy and training time.
+  python -m gan.evaluation.classifiers train --dataset mnist --out gan/evaluation/weights
+  python -m gan.evaluation.classifiers check --dataset mnist   # accuracy on the full test split
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import glob
 import hashlib
+import importlib.resources
 import json
 import os
-import shutil
+import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import IO, Any
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -40,9 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
+from tqdm.auto import tqdm
 
 from gan import data as data_lib
 from gan import platform, utils
+from gan.utils import ConfigError
 
 
 class MnistCNN(nn.Module):
@@ -98,7 +94,7 @@ class CifarResNet(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """How a cached classifier is trained; part of its cache identity."""
+  """How a classifier is trained; recorded beside its shipped weights."""
 
   module: Callable[[], nn.Module]
   epochs: int
@@ -119,6 +115,17 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+# The architecture a dataset's metrics use unless a config names another.
+DEFAULT_ARCH = {"mnist": "mnist_cnn", "cifar10": "cifar_resnet20"}
+# The shipped weights' record also holds their accuracy on this many test images, which
+# the tests recompute (the whole split would take them too long on a CPU).
+CHECK_EXAMPLES = 1000
+
+
+class ClassifierNotShippedError(ConfigError):
+  """No shipped weights for this dataset and architecture."""
+
+
 @dataclasses.dataclass
 class Classifier:
   """A trained classifier: `apply(images uint8 NHWC) -> (logits, features)` and its record."""
@@ -136,22 +143,41 @@ class Classifier:
 
     self._apply = apply
 
-  def __call__(self, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and penultimate features for uint8 images (N, H, W, C), in batches."""
+  def __call__(
+      self, images: np.ndarray, batch_size: int = 500, progress: str | None = None
+  ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features for uint8 images (N, H, W, C), in batches.
+
+    With `progress`, a bar of that title shows if it takes more than a few seconds.
+    """
     apply = lambda x: dict(zip(("logits", "features"), self._apply(x), strict=True))  # noqa: E731
-    out = batched(apply, np.asarray(images), batch_size)
+    out = batched(apply, np.asarray(images), batch_size, progress)
     return out["logits"], out["features"]
 
 
-def batched(fn, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-  """Applies `fn` (fixed batch size: one compilation) to all images, padding the last batch."""
+def batched(
+    fn, images: np.ndarray, batch_size: int, progress: str | None = None
+) -> dict[str, np.ndarray]:
+  """Applies `fn` (fixed batch size: one compilation) to all images, padding the last batch.
+
+  With `progress`, a bar of that title shows if it takes more than a few seconds.
+  """
   out: dict[str, list[np.ndarray]] = {}
-  for start in range(0, len(images), batch_size):
-    chunk = images[start : start + batch_size]
-    pad = batch_size - len(chunk)
-    padded = np.pad(chunk, ((0, pad),) + ((0, 0),) * (chunk.ndim - 1)) if pad else chunk
-    for k, v in fn(padded).items():
-      out.setdefault(k, []).append(np.asarray(v)[: len(chunk)])
+  with tqdm(
+      total=len(images),
+      desc=progress,
+      unit=" images",
+      disable=progress is None,
+      delay=3.0,
+      mininterval=utils.progress_interval(),
+  ) as bar:
+    for start in range(0, len(images), batch_size):
+      chunk = images[start : start + batch_size]
+      pad = batch_size - len(chunk)
+      padded = np.pad(chunk, ((0, pad),) + ((0, 0),) * (chunk.ndim - 1)) if pad else chunk
+      for k, v in fn(padded).items():
+        out.setdefault(k, []).append(np.asarray(v)[: len(chunk)])
+      bar.update(len(chunk))
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -181,8 +207,8 @@ def train(
 ) -> Classifier:
   """Trains `arch` on `train_split` with its recipe; records its accuracy on `test_split`.
 
-  `epochs` overrides the recipe (for tests); `load_or_train` and the command
-  line always use the recipe, so cached classifiers are comparable.
+  `epochs` overrides the recipe (for tests); the command line always uses the
+  recipe.
   """
   recipe = RECIPES[arch]
   epochs = recipe.epochs if epochs is None else epochs
@@ -229,18 +255,23 @@ def train(
   seconds = time.perf_counter() - start
   classifier = Classifier(module, {"params": params, "batch_stats": batch_stats}, {})
   logits, _ = classifier(test_split.image)
-  accuracy = float(np.mean(np.argmax(logits, axis=1) == test_split.label))
+  correct = np.argmax(logits, axis=1) == test_split.label
+  accuracy = float(np.mean(correct))
   classifier.info = {
       "dataset": dataset,
       "arch": arch,
-      "train_split": train_split.source,
+      "train_split": _without_path(train_split.source),
       "train_data": train_split.digest(),
-      "test_split": test_split.source,
       "num_train": int(len(x_train)),
-      # Offline MNIST falls back to one sample for every split: no held-out test.
-      "held_out_test": train_split.source != test_split.source,
+      "test_split": _without_path(test_split.source),
+      "num_test": int(len(correct)),
       "test_accuracy": accuracy,
-      "epochs": epochs,
+      "check_examples": min(CHECK_EXAMPLES, len(correct)),
+      "check_accuracy": float(np.mean(correct[:CHECK_EXAMPLES])),
+      "recipe": (
+          {k: v for k, v in dataclasses.asdict(recipe).items() if k != "module"}
+          | {"module": recipe.module.__name__, "epochs": epochs}
+      ),
       "seed": seed,
       "train_seconds": round(seconds, 1),
       "jax_version": jax.__version__,
@@ -249,184 +280,130 @@ def train(
   return classifier
 
 
+def _without_path(source: str) -> str:
+  """ "tfds mnist:train from /data/dir" -> "tfds mnist:train": the record is the same on every
+  machine."""
+  return source.split(" from ")[0]
+
+
 def train_on(dataset: str, arch: str, data_dir: str | None = None, seed: int = 0) -> Classifier:
-  """Trains on `dataset`'s train split and tests on its test split."""
+  """Trains on `dataset`'s prepared TFDS train split and tests on its test split."""
   train_split = data_lib.load(dataset, "train", data_dir)
+  if not train_split.source.startswith("tfds "):  # the offline MNIST sample
+    raise data_lib.DatasetNotFoundError(
+        f"{dataset}: no prepared TFDS data ({train_split.source}); set TFDS_DATA_DIR"
+    )
   return train(arch, train_split, data_lib.load(dataset, "test", data_dir), dataset, seed)
 
 
-def recipe_id(arch: str) -> str:
-  """A short hash of the training recipe: a changed recipe gets a new cache entry."""
-  recipe = RECIPES[arch]
-  fields = dataclasses.asdict(recipe) | {"module": recipe.module.__name__}
-  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+def weights_name(dataset: str, arch: str) -> str:
+  return f"{dataset}-{arch}"
 
 
-def _directory(dataset: str, arch: str) -> str:
-  return os.path.join(utils.cache_root(), "classifiers", f"{dataset}-{arch}-{recipe_id(arch)}")
+def shipped_directory() -> str:
+  """The package's `weights/` folder."""
+  return str(importlib.resources.files("gan.evaluation").joinpath("weights"))
 
 
-def save(classifier: Classifier, directory: str) -> None:
-  """Writes weights and info.json into a temporary directory, then renames it into place.
-
-  Callers hold the entry's lock (`_locked`), as `load_or_train` and the command
-  line do: the removal of the old entry and the rename are two steps.
-  """
+def save(classifier: Classifier, directory: str, command: str) -> str:
+  """Writes `<dataset>-<arch>.msgpack` and its record `.json` (with `command`) in `directory`."""
   blob = serialization.to_bytes(classifier.variables)
-  classifier.info["weights_sha256"] = hashlib.sha256(blob).hexdigest()
-  tmp = f"{directory}.tmp{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  with open(os.path.join(tmp, "variables.msgpack"), "wb") as f:
+  info = classifier.info | {
+      "weights_sha256": hashlib.sha256(blob).hexdigest(),
+      "weights_bytes": len(blob),
+      "command": command,
+  }
+  os.makedirs(directory, exist_ok=True)
+  stem = os.path.join(directory, weights_name(info["dataset"], info["arch"]))
+  with utils.replacing(f"{stem}.msgpack", "wb") as f:
     f.write(blob)
-  with open(os.path.join(tmp, "info.json"), "w") as f:
-    _dump_info(classifier.info, f)
-  shutil.rmtree(directory, ignore_errors=True)
-  os.replace(tmp, directory)
+  with utils.replacing(f"{stem}.json") as f:  # last: a record only beside its weights
+    json.dump(info, f, indent=2, sort_keys=True)
+    f.write("\n")
+  classifier.info = info
+  return stem
 
 
-def _dump_info(info: dict[str, Any], f: IO[str]) -> None:
-  json.dump(info, f, indent=2, sort_keys=True)
+def load(dataset: str, arch: str | None = None, directory: str | None = None) -> Classifier:
+  """The shipped classifier for `dataset` (`arch`: its default), checked against its SHA-256.
 
+  `directory` defaults to the package's `weights/`.
 
-def _save_info(info: dict[str, Any], directory: str) -> None:
-  """Replaces the entry's info.json in one rename (the caller holds the entry's lock).
-
-  The partial file sits beside the entry, not in it, where `load_or_train`
-  sweeps the partials of killed writers.
+  Raises:
+    ClassifierNotShippedError: there are no weights for `dataset` and `arch`.
+    ValueError: the weights do not match their recorded SHA-256.
   """
-  with utils.replacing(os.path.join(directory, "info.json"), partial=f"{directory}.info.json") as f:
-    _dump_info(info, f)
-
-
-@contextlib.contextmanager
-def _locked(directory: str) -> Iterator[None]:
-  """Holds an exclusive lock on cache entry `directory` (`<directory>.lock` beside it).
-
-  Processes that find the entry missing or stale at once (test workers, the
-  seeds of a sweep) then train it once: the others wait and load that copy.
-  """
+  arch = arch or DEFAULT_ARCH.get(dataset, "")
+  stem = os.path.join(directory or shipped_directory(), weights_name(dataset, arch))
   try:
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    lock = open(f"{directory}.lock", "a")  # noqa: SIM115  (closed by the `with` below)
-  except OSError:  # a read-only cache: nothing will be written to it, so nothing to guard
-    lock = None
-  if lock is None:
-    yield
-    return
-  with lock:
-    locked = True
-    try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # held: another process is training or checking the entry
-      print(f"note: waiting for another process using {directory}", file=sys.stderr, flush=True)
-      fcntl.flock(lock, fcntl.LOCK_EX)
-    except OSError as e:  # e.g. a cluster filesystem mounted without flock support
-      print(f"warning: cannot lock {lock.name} ({e}); going on without", file=sys.stderr)
-      locked = False
-    try:
-      yield
-    finally:
-      if locked:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def load(directory: str, arch: str) -> Classifier:
-  """Loads a cached classifier; raises ValueError if the weights do not match their hash."""
+    with open(f"{stem}.json") as f:
+      info = json.load(f)
+    with open(f"{stem}.msgpack", "rb") as f:
+      blob = f.read()
+  except FileNotFoundError:
+    shipped = sorted(
+        name[: -len(".json")]
+        for name in os.listdir(directory or shipped_directory())
+        if name.endswith(".json")
+    )
+    raise ClassifierNotShippedError(
+        f"no {arch or 'default'} classifier for {dataset!r} in {os.path.dirname(stem)} "
+        f"(there: {', '.join(shipped) or 'none'}); train it with `python -m "
+        f"gan.evaluation.classifiers train --dataset {dataset} --arch {arch or 'ARCH'} --out "
+        "gan/evaluation/weights`"
+    ) from None
+  if hashlib.sha256(blob).hexdigest() != info["weights_sha256"]:
+    raise ValueError(f"classifier weights {stem}.msgpack do not match their recorded SHA-256")
   module = RECIPES[arch].module()
-  with open(os.path.join(directory, "info.json")) as f:
-    info = json.load(f)
-  with open(os.path.join(directory, "variables.msgpack"), "rb") as f:
-    blob = f.read()
-  if hashlib.sha256(blob).hexdigest() != info.get("weights_sha256"):
-    raise ValueError(f"classifier weights in {directory} do not match their recorded SHA-256")
-  like = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *_input_shape(info)), jnp.float32))
+  shape = (28, 28, 1) if dataset == "mnist" else (32, 32, 3)
+  like = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape))))
   return Classifier(module, serialization.from_bytes(like, blob), info)
 
 
-def _input_shape(info: dict[str, Any]) -> tuple[int, int, int]:
-  return (28, 28, 1) if info["dataset"] == "mnist" else (32, 32, 3)
-
-
-def _other_training_data(
-    classifier: Classifier, directory: str, dataset: str, data_dir: str | None
-) -> str | None:
-  """Why the cached classifier does not fit the prepared train split; None if it does.
-
-  Offline (the dataset not prepared, or its train split unreadable) any cached
-  classifier fits: one trained on the real data stays in use. One trained on
-  the offline MNIST sample is replaced once the real data is there. One cached
-  before `info.json` recorded a digest of the training data (no `train_data`)
-  but trained on the dataset's TFDS train split is adopted, its digest
-  recorded as the current data's, so runs already scored by it stay
-  comparable.
-  """
-  if not os.path.isdir(os.path.join(data_lib.resolve_data_dir(data_dir), dataset)):
-    return None
-  recorded = classifier.info.get("train_data")
-  trained_on = classifier.info.get("train_split", "")
-  if recorded is None and not trained_on.startswith(f"tfds {dataset}:train "):
-    return f"the cached classifier was trained on {trained_on}, not the prepared data"
-  try:
-    current = data_lib.load(dataset, "train", data_dir).digest()
-  except data_lib.DatasetNotFoundError as e:
-    print(f"warning: using the cached classifier unchecked: {e}", file=sys.stderr, flush=True)
-    return None
-  if recorded is None:
-    classifier.info["train_data"] = current
-    try:
-      _save_info(classifier.info, directory)
-    except OSError as e:  # a read-only cache: adopted for this process only
-      print(f"warning: could not record the data digest in {directory}: {e}", file=sys.stderr)
-  elif recorded != current:
-    return (
-        f"the cached classifier was trained on other data ({trained_on}; "
-        f"digest {recorded}, the train split's {current})"
-    )
-  return None
-
-
-def load_or_train(dataset: str, arch: str, data_dir: str | None = None) -> Classifier:
-  """The cached classifier for (dataset, arch), training and caching it on first use."""
-  directory = _directory(dataset, arch)
-  # Temporary directories and files of killed writers, once stale.
-  utils.remove_stale_partials(os.path.join(glob.escape(os.path.dirname(directory)), "*.tmp*"))
-  with _locked(directory):
-    reason = f"no cached {arch} classifier for {dataset} in {directory}"
-    if os.path.exists(os.path.join(directory, "info.json")):
-      try:
-        classifier = load(directory, arch)
-      except (ValueError, OSError) as e:  # damaged: a bad hash, unreadable or partial files
-        reason = f"the cached classifier is unusable ({e})"
-      else:
-        reason = _other_training_data(classifier, directory, dataset, data_dir)
-        if reason is None:
-          return classifier
-    print(f"note: {reason}; training one (once; later runs reuse it)", file=sys.stderr, flush=True)
-    classifier = train_on(dataset, arch, data_dir)
-    try:
-      save(classifier, directory)
-    except OSError as e:  # a read-only cache: this process keeps what it trained
-      print(f"warning: could not cache the classifier in {directory}: {e}", file=sys.stderr)
-    return classifier
+def accuracy(classifier: Classifier, split: data_lib.Split, num: int | None = None) -> float:
+  """Top-1 accuracy on the first `num` (default: all) examples of `split`."""
+  logits, _ = classifier(split.image[:num])
+  return float(np.mean(np.argmax(logits, axis=1) == split.label[:num]))
 
 
 def main(argv: list[str] | None = None) -> None:
   import argparse  # noqa: PLC0415
 
-  parser = argparse.ArgumentParser(description="Train and cache a domain classifier.")
-  parser.add_argument("--dataset", default="mnist")
-  parser.add_argument("--arch", default="mnist_cnn", choices=sorted(RECIPES))
-  parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--seed", type=int, default=0)
+  parser = argparse.ArgumentParser(description="Train or check the shipped domain classifiers.")
+  commands = parser.add_subparsers(dest="command", required=True)
+  train_parser = commands.add_parser("train", help="train one with its recipe and write it")
+  check_parser = commands.add_parser("check", help="test accuracy of the shipped weights")
+  for p in (train_parser, check_parser):
+    p.add_argument("--dataset", required=True, choices=sorted(DEFAULT_ARCH))
+    p.add_argument("--arch", default=None, choices=sorted(RECIPES))
+    p.add_argument("--data_dir", default=None)
+  train_parser.add_argument("--out", required=True, help="directory for the weights and record")
+  train_parser.add_argument("--seed", type=int, default=0)
+  argv = sys.argv[1:] if argv is None else argv
   args = parser.parse_args(argv)
+  arch = args.arch or DEFAULT_ARCH[args.dataset]
   platform.configure_xla()  # before the first computation initialises the backend
-  directory = _directory(args.dataset, args.arch)
-  with _locked(directory):
-    classifier = train_on(args.dataset, args.arch, args.data_dir, args.seed)
-    save(classifier, directory)
-  print(json.dumps(classifier.info, indent=2, sort_keys=True))
-  print(f"saved to {directory}")
+  if args.command == "train":
+    command = shlex.join(["python", "-m", "gan.evaluation.classifiers", *argv])
+    try:
+      classifier = train_on(args.dataset, arch, args.data_dir, args.seed)
+    except data_lib.DatasetNotFoundError as e:
+      utils.fail(str(e))
+    stem = save(classifier, args.out, command)
+    print(json.dumps(classifier.info, indent=2, sort_keys=True))
+    print(f"wrote {stem}.msgpack and {stem}.json")
+    return
+  try:
+    classifier = load(args.dataset, arch)
+  except ConfigError as e:
+    utils.fail(str(e))
+  test = data_lib.load(args.dataset, "test", args.data_dir)
+  start = time.perf_counter()
+  measured = {"test_accuracy": accuracy(classifier, test)}
+  measured["check_accuracy"] = accuracy(classifier, test, classifier.info["check_examples"])
+  for key, value in measured.items():
+    print(f"{key}: {value:.4f} (recorded {classifier.info[key]:.4f})")
+  print(f"({time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":
