@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import functools
 import gzip
@@ -45,6 +47,7 @@ import importlib.metadata
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -270,8 +273,22 @@ def _read_split(name: str, split: str, root: str) -> tuple[np.ndarray, np.ndarra
   # runtime and thread pools resident for the whole run, a large part of the
   # MNIST run's peak memory.
   context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+  with concurrent.futures.ProcessPoolExecutor(
+      max_workers=1, mp_context=context, initializer=_die_with_parent
+  ) as pool:
     return pool.submit(_read_tfds, name, split, root, utils.progress_interval()).result()
+
+
+def _die_with_parent() -> None:
+  """In the reader: be killed when the training process dies (Linux), so a killed run
+  leaves no reader behind holding a whole split in memory."""
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):  # not Linux: the reader ends with its work
+    return
+  if os.getppid() == 1:  # the parent died before the request took effect
+    os._exit(1)
 
 
 # Set in the reader before TensorFlow starts. Even so, its C++ runtime writes start-up lines
