@@ -327,12 +327,6 @@ def preprocess(images: Any, quantize: bool = True) -> jax.Array:
 
 
 @jax.jit
-def network(variables: Variables, x: jax.Array) -> jax.Array:
-  """pool3 features of network input `x` (`preprocess`'s output)."""
-  return FIDInceptionV3().apply(variables, x)
-
-
-@jax.jit
 def _features(variables: Variables, images: jax.Array) -> dict[str, jax.Array]:
   # One jitted function for preprocessing and network, so every feature fn shares it.
   return {"pool3": FIDInceptionV3().apply(variables, preprocess(images))}
