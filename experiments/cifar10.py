@@ -26,10 +26,10 @@ and evaluations use it.
 Evaluation: every 2,500 steps the FCD (and KID, precision/recall, class
 coverage) of 10,000 EMA samples against the 10,000-image test split in the
 features of the project's CIFAR-10 ResNet-20 (`gan.evaluation.classifiers`);
-the best checkpoint by FCD is kept. Every 10,000 steps FID/IS by the standard
-protocol: 50,000 EMA samples against all 50,000 training images, FID
-InceptionV3 (pytorch-fid's port of the TF graph), IS in 10 splits of 5,000
-(the paper's IS sample size per split). With 50,000 instead of 5,000 samples
+the best checkpoint by FCD is kept. Every 10,000 steps FID by the standard
+protocol: 50,000 EMA samples against all 50,000 training images, in the FID
+InceptionV3 (the TF graph, `gan.evaluation.inception`). Its weights have no
+classification head, so IS is not computed. With 50,000 instead of 5,000 samples
 FID is lower for the same generator (its bias falls with the sample count), so
 our FID is not the paper's 5k/10k number; eval.json's protocol stamp names the
 split and counts. The FID evaluator is `optional`: without the converted

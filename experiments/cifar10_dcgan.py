@@ -20,7 +20,7 @@ runs the SN standard CNN with it (pfnet-research/chainer-gan-lib, example.sh:
 generator updates ("for all experiments, unless otherwise noted", Sec. 4.1),
 constant learning rates. Added, as in `experiments/cifar10.py`: the 0.9999 EMA
 of G that samples and evaluations use. Evaluators (FCD every 5,000 steps, the
-optional 50k-vs-train FID/IS every 20,000) and the best-by-FCD checkpoint are
+optional 50k-vs-train FID every 20,000) and the best-by-FCD checkpoint are
 those of `experiments/cifar10.py`.
 
 Train (GPU):

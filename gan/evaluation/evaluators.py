@@ -22,6 +22,7 @@ they are missing; `gan.evaluate --inception` always requires them.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -142,14 +143,16 @@ class ClassifierEvaluator:
 
 
 class InceptionEvaluator:
-  """FID, KID, Inception Score and precision/recall on FID-InceptionV3 features.
+  """FID, KID and precision/recall on the pool3 features of the FID InceptionV3.
 
   The reference statistics (mean and covariance of pool3 over `num_reference`
   images of the reference split, plus the first `pr_samples` feature rows) are
   computed once and cached under `<cache>/inception_refs/`, keyed by dataset,
   split, counts, the dataset's files (`gan.data.fingerprint`) and the weights'
-  SHA-256. IS uses the logits without the fc
-  bias, as the original Inception Score code did.
+  SHA-256. On a CPU that is slow, so the features are kept in chunks as they
+  are computed, with progress on stderr, and an interrupted computation resumes
+  from its last chunk (`cached_features`). There is no Inception Score: the
+  FID weights (`gan.evaluation.inception`) have no classification head.
   """
 
   def __init__(self, name: str, cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
@@ -183,10 +186,12 @@ class InceptionEvaluator:
       return cached | {"source": str(cached["source"])}
     split = data_lib.load(self.dataset, cfg.split, data_dir)
     images = split.image[: cfg.num_reference]
+    label = f"{self.name}: Inception features of {split.source}"
+    features = cached_features(
+        self.feature_fn, images, cfg.batch_size, path + ".chunks" if where else None, label
+    )
     stats = metrics.FeatureStats(keep=cfg.pr_samples)
-    for start in range(0, len(images), 10 * cfg.batch_size):
-      chunk = images[start : start + 10 * cfg.batch_size]
-      stats.update(classifiers.batched(self.feature_fn, chunk, cfg.batch_size)["pool3"])
+    stats.update(features)
     reference = {
         "mean": stats.mean,
         "cov": stats.cov,
@@ -197,6 +202,7 @@ class InceptionEvaluator:
     if where is not None:
       try:
         utils.save_npz(path, **reference)
+        shutil.rmtree(path + ".chunks", ignore_errors=True)
       except OSError as e:
         print(f"warning: could not cache Inception statistics in {path}: {e}", file=sys.stderr)
     return reference
@@ -204,29 +210,26 @@ class InceptionEvaluator:
   def run(self, generator: Generator) -> Result:
     cfg = self.cfg
     stats = metrics.FeatureStats(keep=max(cfg.pr_samples, cfg.kid_subset_size))
-    logits = []
     for start in range(0, cfg.num_samples, 10 * cfg.batch_size):
       num = min(10 * cfg.batch_size, cfg.num_samples - start)
       images = writers.to_uint8(generator.outputs(num, cfg.seed + start))
-      out = classifiers.batched(self.feature_fn, images, cfg.batch_size)
-      stats.update(out["pool3"])
-      logits.append(out["logits_unbiased"])
+      stats.update(classifiers.batched(self.feature_fn, images, cfg.batch_size)["pool3"])
     ref = self.reference
     fid = metrics.frechet_distance(ref["mean"], ref["cov"], stats.mean, stats.cov)
     kid, kid_std = metrics.kernel_distance(
         ref["features"], stats.features, cfg.kid_subsets, cfg.kid_subset_size
     )
-    is_mean, is_std = metrics.inception_score(np.concatenate(logits), cfg.is_splits)
-    values = {"fid": fid, "kid": kid, "kid_std": kid_std, "is": is_mean, "is_std": is_std}
+    values = {"fid": fid, "kid": kid, "kid_std": kid_std}
     n = min(cfg.pr_samples, len(ref["features"]), len(stats.features))
     values |= metrics.precision_recall(ref["features"][:n], stats.features[:n], k=3)
     kid_m = min(cfg.kid_subset_size, len(ref["features"]), len(stats.features))
     protocol = {
         "extractor": (
-            f"FID InceptionV3 (pytorch-fid port of the {inception.GRAPH_DATE} TF graph), pool3"
+            f"FID InceptionV3 (the {inception.GRAPH_DATE} TF graph, converted from "
+            f"{inception.SOURCE_PACKAGE}'s {inception.SOURCE_MEMBER}), pool3"
         ),
         "weights_sha256": self.sha256,
-        "resize": "bilinear to 299x299 (jax.image.resize, no antialias), uint8 inputs",
+        "input": "uint8, TF1 bilinear resize to 299x299, u / 128 - 1 (the TF graph's protocol)",
         "num_generated": cfg.num_samples,
         "num_reference": int(ref["count"]),
         "reference_split": ref["source"],
@@ -234,13 +237,40 @@ class InceptionEvaluator:
             f"unbiased MMD^2, cubic kernel, {cfg.kid_subsets} subsets of {kid_m}"
             f" from the first {len(ref['features'])} reference features"
         ),
-        "is": f"{cfg.is_splits} splits, softmax of pool3 @ fc weights (no bias)",
         "precision_recall": f"Kynkaanniemi et al. 2019, k=3, {n} samples each",
         "generator": generator.kind,
         "step": generator.step,
         "seed": cfg.seed,
     }
     return Result(values, protocol)
+
+
+def cached_features(
+    feature_fn, images: np.ndarray, batch_size: int, folder: str | None, label: str
+) -> np.ndarray:
+  """pool3 features of `images`, 10 batches at a time, each chunk kept in `folder` (None: not).
+
+  A chunk already in `folder` is read instead of computed, so a computation that was
+  interrupted resumes; the caller removes the folder once it has what it needs.
+  """
+  chunk_size = 10 * batch_size
+  out = []
+  for start in range(0, len(images), chunk_size):
+    path = folder and os.path.join(folder, f"{start:07d}-{chunk_size}.npz")
+    cached = utils.load_npz(path, ("pool3",)) if path else None
+    if cached is None:
+      chunk = images[start : start + chunk_size]
+      cached = classifiers.batched(feature_fn, chunk, batch_size)
+      try:
+        if path:
+          utils.save_npz(path, pool3=cached["pool3"])
+      except OSError as e:  # a read-only cache: go on without keeping chunks
+        print(f"warning: could not keep Inception features in {folder}: {e}", file=sys.stderr)
+        folder = None
+    out.append(cached["pool3"])
+    done = min(start + chunk_size, len(images))
+    print(f"{label}: {done:,}/{len(images):,} images", file=sys.stderr, flush=True)
+  return np.concatenate(out)
 
 
 class Toy2DEvaluator:
@@ -321,15 +351,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "inception": dict(
         every=10_000,
-        num_samples=50_000,
-        # The lossless test split: the CIFAR-10 train split here is a JPEG-derived copy,
-        # so a FID against it would not be comparable with published numbers.
+        # The papers' protocol (Miyato et al. 2018, Appendix B.1): 5,000 generated against
+        # 10,000 real images. Real: the lossless test split, because the CIFAR-10 train split
+        # here is a JPEG-derived copy, so a FID against it would not be comparable.
+        num_samples=5_000,
         split="test",
         num_reference=10_000,
         kid_subsets=100,
         kid_subset_size=1000,
         pr_samples=10_000,
-        is_splits=10,
         batch_size=100,
         weights="",  # "": $JAXGAN_INCEPTION_WEIGHTS or the default path
         optional=False,  # True: without the weights, warn and run without this evaluator
@@ -339,6 +369,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "stacked_mnist": dict(every=5000, num_samples=26_000, arch="mnist_cnn", seed=0),
     "test_error": dict(every=1000, split="test", batch_size=1000),
 }
+# Settings that no longer mean anything, dropped so that the configs of older runs still load:
+# Inception Score needed a classification head that the FID weights do not have.
+_RETIRED = {"inception": ("is_splits",)}
 EVALUATORS = {
     "classifier": ClassifierEvaluator,
     "inception": InceptionEvaluator,
@@ -352,6 +385,7 @@ def settings(kind: str, **overrides: Any) -> ml_collections.ConfigDict:
   """An evaluator's config entry: its kind, the defaults for that kind, and overrides."""
   if kind not in DEFAULTS:
     raise ConfigError(f"unknown evaluator kind {kind!r}; choose one of {sorted(DEFAULTS)}")
+  overrides = {k: v for k, v in overrides.items() if k not in _RETIRED.get(kind, ())}
   unknown = set(overrides) - set(DEFAULTS[kind]) - {"dataset"}
   if unknown:
     raise ConfigError(f"unknown settings {sorted(unknown)} for evaluator kind {kind!r}")

