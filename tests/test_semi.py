@@ -56,12 +56,13 @@ def test_label_subset_is_saved_and_checked_on_resume(tmp_path):
 
 def test_labelled_data_is_the_subset_tiled_to_whole_batches(tmp_path):
   config = mnist_improved_gan.get_config("smoke")
-  config.semi.labels_per_class, config.batch_size, config.seed = 2, 16, 5
+  config.semi.labels_per_class, config.batch_size = 2, 16
+  config.semi.label_seed, config.seed = 5, 3  # the subset's seed, apart from the run's
   y = _labels(250)
   images = np.arange(250, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8)
   split = data.Split(images, y, "test split")
   arrays = semi.labelled_data(config, split, str(tmp_path), write=True)
-  subset = labels.choose(y, 2, seed=5)  # label_seed unset: the run's seed
+  subset = labels.choose(y, 2, seed=5)
   # 20 labels, batch 16: tiled to lcm = 80, each labelled example 4 times, with its label.
   assert len(arrays["labelled_label"]) == 80
   index = arrays["labelled_image"][:, 0, 0, 0].astype(np.int64)
@@ -79,6 +80,13 @@ def test_labelled_data_is_the_subset_tiled_to_whole_batches(tmp_path):
   config.semi.label_seed, config.semi.labels_per_class = 5, 3
   with pytest.raises(ConfigError, match="2 labels per class"):
     semi.labelled_data(config, split, str(tmp_path), write=True)
+  # By default every training seed gets label seed 0's subset (the one seed 0 always had).
+  config = mnist_improved_gan.get_config("smoke")
+  config.seed = 4
+  default = semi.labelled_data(config, split, str(tmp_path / "default"), write=True)
+  np.testing.assert_array_equal(
+      np.unique(default["labelled_image"][:, 0, 0, 0]), labels.choose(y, 2, seed=0)
+  )
 
 
 def test_method_settings_of_the_experiments():

@@ -26,8 +26,10 @@ def defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
       {
           "labels_per_class": 10,
-          # The labelled subset's seed; None: config.seed (so seeds vary the subset too).
-          "label_seed": ml_collections.config_dict.placeholder(int),
+          # The labelled subset's seed, apart from config.seed (the networks' initialisation
+          # and the training trajectory), so each can be varied on its own. 0 picks the
+          # subset that runs with config.seed = 0 had when the one seed picked both.
+          "label_seed": 0,
           "unlabelled_weight": 1.0,
           "classifier_ema_decay": 0.999,
           "init_batch": 500,  # images for the data-dependent initialisation
@@ -70,6 +72,7 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 def label_seed(config: ml_collections.ConfigDict) -> int:
+  """The labelled subset's seed: `config.semi.label_seed` (None, in older configs: config.seed)."""
   seed = config.semi.get("label_seed")
   return config.seed if seed is None else int(seed)
 
