@@ -57,6 +57,20 @@ def defaults() -> ml_collections.ConfigDict:
           "shared_trunk": False,
           # With shared_trunk: the weight of L_D's gradient on the trunk (C's loss has 1).
           "trunk_d_weight": 1.0,
+          # Triple-GAN options that follow the authors' code (`gan.semi.triple_gan`; the
+          # defaults keep the paper's method): global batch sizes, 0 for config.batch_size,
+          # of C's labelled batch and of the generated one (G's, D's and R_P's); D's own
+          # real pairs, `labelled` labelled ones (0: C's labelled batch) and `unlabelled`
+          # images labelled by C's argmax (0: none); C's adversarial term ("reinforce" or
+          # "argmax"); the order of the updates ("dcg" or "dgc", R_P then on fresh pairs of
+          # the new G); weight decay on C's output layer; C's EMA of its batch-norm
+          # statistics too.
+          "batches": {"labelled": 0, "generated": 0},
+          "d_batches": {"labelled": 0, "unlabelled": 0},
+          "adversarial": "reinforce",
+          "update_order": "dcg",
+          "classifier_weight_decay": 0.0,
+          "classifier_ema_stats": False,
           # Triple-GAN: C trained alone for `steps` steps before the game
           # (`gan.semi.triple_gan.pretrain`; 0: off), as the paper's MNIST code does.
           "pretrain": {
@@ -66,6 +80,7 @@ def defaults() -> ml_collections.ConfigDict:
               "b1": 0.9,
               "entropy_weight": 0.3,
               "balance_weight": 0.3,
+              "weight_decay": 0.0,  # on C's output layer, as `classifier_weight_decay`
           },
       }
   )
@@ -77,6 +92,18 @@ def label_seed(config: ml_collections.ConfigDict) -> int:
   return config.seed if seed is None else int(seed)
 
 
+def labelled_batches(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The global sizes of the batches a step draws from the labelled subset.
+
+  The classifier's (`semi.batches.labelled`, default `config.batch_size`) and,
+  for a Triple-GAN D with its own labelled batch, D's (`semi.d_batches.labelled`).
+  """
+  sizes = [config.semi.get("batches", {}).get("labelled", 0) or config.batch_size]
+  if d_labelled := config.semi.get("d_batches", {}).get("labelled", 0):
+    sizes.append(d_labelled)
+  return tuple(sizes)
+
+
 def labelled_data(
     config: ml_collections.ConfigDict, split: data_lib.Split, workdir: str, write: bool
 ) -> dict[str, np.ndarray]:
@@ -84,13 +111,13 @@ def labelled_data(
 
   The subset (`config.semi.labels_per_class` per class, from `label_seed`) is
   read from or written to `workdir/labelled.json`. It is tiled to a whole
-  number of global batches (lcm(subset, batch) examples), so a step always
-  draws a full labelled batch and each epoch of the tiled set shows every
-  labelled example equally often.
+  number of each labelled batch (`labelled_batches`: lcm(subset, batches)
+  examples), so a step always draws full labelled batches and each epoch of
+  the tiled set shows every labelled example equally often.
   """
   per_class, seed = config.semi.labels_per_class, label_seed(config)
   indices = labels.load_or_choose(workdir, split.label, per_class, seed, split.source, write)
-  tiled = np.tile(indices, config.batch_size // math.gcd(len(indices), config.batch_size))
+  tiled = np.tile(indices, math.lcm(len(indices), *labelled_batches(config)) // len(indices))
   return {"labelled_image": split.image[tiled], "labelled_label": split.label[tiled]}
 
 
