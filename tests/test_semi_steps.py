@@ -385,7 +385,8 @@ def test_triple_gan_reference_step_puts_its_terms_together(monkeypatch):
   config = mnist_triple_gan.get_config("smoke,reference")
   config.batch_size = K  # C's unlabelled batch, and D's classifier-labelled fake pairs
   config.semi.labels_per_class, config.semi.init_batch = 1, K
-  config.semi.batches.update(labelled=K, generated=2 * K)
+  # 15 generated pairs: classes 0-4 twice, 5-9 once, so a batch of another size shows.
+  config.semi.batches.update(labelled=K, generated=15)
   config.semi.d_batches.update(labelled=2, unlabelled=3 * K)  # every unlabelled image
   config.semi.alpha, config.semi.alpha_p, config.semi.pseudo_start_step = 0.3, 0.7, 0
   config.semi.entropy_weight, config.semi.balance_weight = 0.2, 0.05
@@ -413,7 +414,7 @@ def test_triple_gan_reference_step_puts_its_terms_together(monkeypatch):
   init, new, metrics = _one_step(triple_gan, config, StandInG(), PairD(), LayeredC(), data, 1)
   g0, d0, c0 = init.g.params, init.d.params, init.c.params
   g1, d1, c1 = new.g.params, new.d.params, new.c.params
-  y_g = np.arange(2 * K) % K  # 20 generated pairs, every class twice
+  y_g = np.arange(15) % K
 
   def m_g(g):
     return jnp.tanh(g["level"] + 0.1 * y_g)
@@ -454,7 +455,7 @@ def test_triple_gan_reference_step_puts_its_terms_together(monkeypatch):
     parts = {"sup": sup, "adv": adv, "pseudo": pseudo, "entropy": ent, "balance": bal}
     return total, parts | {"weight_decay": decay}
 
-  def g_loss(g):  # 20 fresh pairs against the new D
+  def g_loss(g):  # 15 fresh pairs against the new D
     return jnp.mean(softplus(-d_logits(d1, m_g(g), y_g)))
 
   c_loss, c = c_terms(c0)

@@ -17,12 +17,7 @@ the classifier, and generated pairs (G(z, y_g), y_g) with balanced y_g:
 C's adversarial term is the score-function (REINFORCE) gradient of
 alpha E_{y ~ C(.|x)}[log(1 - D(x, y))], the paper's term, because y is
 discrete; b, the batch mean of log(1 - D), is a baseline that lowers the
-variance without changing the expected gradient. (The paper's public MNIST
-code, x2y_yz2x_xy2p_ssl_mnist.py, differs: it labels C's unlabelled pairs by
-C's argmax, weighting C's -log D by the top class probability, or sums over
-every label weighted by C (its objective_flag), and its D also takes a second
-unlabelled batch, labelled by C's argmax, as real pairs. This module follows
-the paper's objective.) G uses the non-saturating
+variance without changing the expected gradient. G uses the non-saturating
 form of its term (its 1 - alpha factor is dropped: Adam is invariant to a
 constant scale). The last two terms of L_C are regularisers of the paper's
 public code (weights 0.3 and 1e-3 there; 0 = off, the default): the mean
@@ -32,6 +27,25 @@ use. s (`adversarial_scale`, default 1) scales C's adversarial term alone:
 Triple-GAN's CIFAR-10 code weights it by 0.01 x 1/2. The updates run D, then
 C and G against the new D, then the EMAs of G (samples) and C (the classifier
 whose test error is reported).
+
+Options that follow the authors' code (`config.semi`; the experiments'
+`reference` variants set them all, and their docstrings cite the code):
+  batches         global sizes of C's labelled batch and of the generated one
+                  (G's, D's generated pairs, R_P's); x_u's is config.batch_size.
+  d_batches       D's own real pairs: `labelled` labelled ones drawn in their
+                  own order (0: C's labelled batch) and `unlabelled` images
+                  labelled by C's argmax (0: none). L_D's first term is then
+                  the mean of -log D over all of them.
+  adversarial     "argmax": C's term is s alpha E[p_max -log D(x_u, y_max)],
+                  y_max C's most likely label, the gradient through p_max
+                  (`argmax_adversarial_loss`); D's classifier-labelled fake
+                  pairs are labelled by C's argmax too.
+  update_order    "dgc": D, then G, then C, whose R_P takes fresh pairs of the
+                  new G (the default "dcg" reuses D's generated pairs).
+  classifier_weight_decay   times the squared kernel of C's output layer
+                  (`C.OUTPUT_LAYER`), added to L_C.
+  classifier_ema_stats      C's EMA averages its batch-norm statistics too
+                  (`GANState.c_ema_stats`), and the scored classifier uses them.
 
 Options for CIFAR-10 (all off by default, and then the step is unchanged):
   consistency     the Pi-model term of Laine & Aila (2017): the squared
@@ -621,12 +635,15 @@ def _epoch_batches(rng: np.random.Generator, n: int, batch: int) -> Iterator[np.
     queue = queue[batch:]
 
 
-def classifier(C: nn.Module, state: Any) -> tuple[nn.Module, dict[str, Any]]:
-  """(module, variables) of the EMA classifier.
+def classifier(C: nn.Module, state: Any, average: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+  """(module, variables) of the EMA classifier, or with `average=False` of C itself.
 
-  Its batch-norm statistics are their average where the run keeps one
+  The EMA's batch-norm statistics are their average where the run keeps one
   (`semi.classifier_ema_stats`), else the raw classifier's running statistics.
   """
-  c_ema, c = field(state, "c_ema"), field(state, "c")
+  c = field(state, "c")
+  raw_stats = field(c, "batch_stats")
+  if not average:
+    return C, {"params": field(c, "params"), "batch_stats": raw_stats}
   stats = state.get("c_ema_stats") if isinstance(state, Mapping) else state.c_ema_stats
-  return C, {"params": c_ema, "batch_stats": field(c, "batch_stats") if stats is None else stats}
+  return C, {"params": field(state, "c_ema"), "batch_stats": raw_stats if stats is None else stats}
