@@ -17,6 +17,7 @@ from experiments import (
 )
 from gan import data, methods, models, runs, semi
 from gan import step as step_lib
+from gan.evaluation import views
 from gan.models import dropout
 from gan.models.weight_norm import GaussianNoise, WNDense
 from gan.parallel import replicate, unreplicate
@@ -100,6 +101,27 @@ def test_method_settings_of_the_experiments():
   assert D.apply(variables, x, False).shape == (3, config.semi.num_classes)  # no fake logit
   module, _ = improved_gan.classifier(D, {"c_ema": variables["params"]})
   assert module is D
+
+
+def test_paper_2016_scores_the_raw_d_and_reports_it(tmp_path):
+  """Improved-GAN as of the paper's date: 1e-3, linear decay over the last 100 epochs, raw D."""
+  config = mnist_improved_gan.get_config("paper_2016")
+  assert config.num_steps == 180_000
+  for optim in (config.optim.g, config.optim.d):
+    assert (optim.lr, optim.decay, optim.decay_start) == (1e-3, "linear", 120_000)
+  assert (config.evals.classifier.params, config.evals.classifier_ema.params) == ("raw", "ema")
+  # The two views: D's EMA and D itself.
+  method, nets = methods.METHODS["improved_gan"], methods.Networks(None, "D")
+  state = {"c_ema": {"w": 1.0}, "d": {"params": {"w": 2.0}}}
+  assert method.classifier(nets, state)[1]["params"] == {"w": 1.0}
+  assert method.classifier(nets, state, average=False)[1]["params"] == {"w": 2.0}
+  # eval.json's test error is the "classifier" evaluator's (here the raw D's).
+  labels.load_or_choose(str(tmp_path), _labels(200), 2, 0, "test")
+  results = {
+      "classifier_ema": views.Result({"test_error": 0.25}, {}),
+      "classifier": views.Result({"test_error": 0.5}, {}),
+  }
+  assert semi.eval_extra(str(tmp_path), results)["test_error"] == 0.5
 
 
 def test_weight_norm_data_dependent_init_standardises_the_first_batch():
@@ -461,7 +483,7 @@ def test_a_rollback_before_the_first_checkpoint_keeps_the_pretrained_classifier(
   assert not np.allclose(jax.tree.leaves(params)[0], jax.tree.leaves(seen["initial"])[0])
 
 
-def test_seed_runner_reports_mean_and_std_over_label_subsets(tmp_path):
+def test_seed_runner_reports_mean_and_std_over_training_seeds(tmp_path):
   from gan import seeds  # noqa: PLC0415
 
   config = mnist_improved_gan.get_config("smoke")
@@ -476,7 +498,7 @@ def test_seed_runner_reports_mean_and_std_over_label_subsets(tmp_path):
   assert set(summary["wall_time_s"]) == {"0", "1"}
   assert all(t is not None and 0 <= t < 600 for t in summary["wall_time_s"].values())
   subsets = [json.loads((tmp_path / f"seed_{s}" / "labelled.json").read_text()) for s in (0, 1)]
-  assert subsets[0]["indices"] != subsets[1]["indices"]  # each seed its own labelled subset
+  assert subsets[0]["indices"] == subsets[1]["indices"]  # two trajectories, one labelled subset
   assert runs.read_metric({"a": {"b": 2.0}}, "a/b") == 2.0
   with pytest.raises(ConfigError):
     runs.read_metric(values[0], "nothing")

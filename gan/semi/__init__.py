@@ -122,9 +122,15 @@ def labelled_data(
 
 
 def eval_extra(workdir: str, results: dict[str, Any]) -> dict[str, Any]:
-  """eval.json's top-level entries for a semi-supervised run: its test error and label subset."""
+  """eval.json's top-level entries for a semi-supervised run: its test error and label subset.
+
+  The test error is the "classifier" evaluator's if there is one (a run may
+  score its classifier twice, averaged and raw), else any test-error evaluator's.
+  """
   extra: dict[str, Any] = {"labels": labels.describe(workdir)}
-  for result in results.values():
-    if "test_error" in result.metrics:
-      extra["test_error"] = result.metrics["test_error"]
+  scored = [r for r in results.values() if "test_error" in r.metrics]
+  if "classifier" in results and "test_error" in results["classifier"].metrics:
+    scored = [results["classifier"]]
+  if scored:
+    extra["test_error"] = scored[0].metrics["test_error"]
   return extra

@@ -207,6 +207,10 @@ def create_state(
   )
 
 
-def classifier(D: nn.Module, state: Any) -> tuple[nn.Module, dict[str, Any]]:
-  """(module, variables) of the EMA classifier: D's K logits (noise off in inference mode)."""
-  return D, {"params": field(state, "c_ema")}
+def classifier(D: nn.Module, state: Any, average: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+  """(module, variables) of the classifier: D's K logits (noise off in inference mode).
+
+  The EMA of D's parameters, or with `average=False` D itself (the paper's
+  code of its date scored the raw D).
+  """
+  return D, {"params": field(state, "c_ema") if average else field(field(state, "d"), "params")}
