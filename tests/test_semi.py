@@ -431,7 +431,8 @@ def test_evaluate_cli_reproduces_the_runs_test_error(tmp_path):
   assert grids and np.asarray(Image.open(grids[-1])).shape[1] == 10 * 29 + 1
   # The view it scored is C's EMA with C's running statistics, not the raw parameters.
   state, config = runs._restore(str(tmp_path), "latest")
-  found = runs._views(state, config, use_ema=True)
+  method = methods.get(config)
+  found = runs.make_views(config, method, methods.build_networks(config, None), state)
   C = models.build_classifier(config.model, axis_name=None)
   x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
   scaled = x.astype(np.float32) * (2.0 / 255.0) - 1.0
@@ -439,6 +440,7 @@ def test_evaluate_cli_reproduces_the_runs_test_error(tmp_path):
   ema = C.apply({"params": state["c_ema"], "batch_stats": stats}, scaled, train=False)
   raw = C.apply({"params": state["c"]["params"], "batch_stats": stats}, scaled, train=False)
   np.testing.assert_allclose(found["classifier"].logits(x), ema, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(found["classifier_raw"].logits(x), raw, rtol=1e-5, atol=1e-5)
   assert not np.allclose(ema, raw, atol=1e-4)
   # A resumed run does not pre-train C again.
   written = (tmp_path / "pretrain.json").stat().st_mtime_ns
