@@ -15,7 +15,10 @@ evaluation, checkpoints and sample grids are not timed: the number is the
 step's, the ceiling for a run's steps/s. Each `--variant` is a comma-separated
 list of config overrides (`key=value`, the value a Python literal or else a
 string; "" for none); the variants are timed in interleaved rounds
-(`timing.py`) and the median round is reported, one JSON line each.
+(`timing.py`) and the median round is reported, one JSON line each. `--flops`
+adds XLA's count of the compiled step's floating-point operations
+(`cost_analysis()`, all devices together): the basis of a time estimate for
+another machine (FLOPs / its sustained rate).
 """
 
 from __future__ import annotations
@@ -82,6 +85,14 @@ class Setting:
     self.compile_s = time.perf_counter() - start  # tracing, compilation and one step
     self.round_ms: list[float] = []
 
+  def flops(self) -> float:
+    """XLA's count of one compiled step's floating-point operations."""
+    compiled = self.run_.train_step.lower(self.state, self.run_.data).compile()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):  # one entry per computation in some jax versions
+      return float(sum(a.get("flops", 0.0) for a in analysis))
+    return float(analysis.get("flops", 0.0))
+
   def run(self, steps: int) -> float:
     """Runs `steps` steps as the training loop does and returns the mean ms per step."""
     jax.block_until_ready(self.state)
@@ -103,28 +114,27 @@ def main() -> None:
   )
   parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
   parser.add_argument("--seconds", type=float, default=10.0, help="target seconds per round")
+  parser.add_argument("--flops", action="store_true", help="also report XLA's FLOPs per step")
   args = parser.parse_args()
   settings = [Setting(args.config, overrides) for overrides in args.variant or [""]]
   timing.interleaved_rounds(settings, args.rounds, args.seconds)
   for s in settings:
     ms = statistics.median(s.round_ms)
-    print(
-        json.dumps(
-            {
-                "config": s.spec,
-                "overrides": s.overrides,
-                "batch": s.batch,
-                "steps_per_s": round(1e3 / ms, 2),
-                "ms_per_step": round(ms, 2),
-                "compile_s": round(s.compile_s, 2),
-                "devices": s.devices,
-                "peak_rss_mb": round(platform.peak_rss_mb(), 1),
-                "round_ms": [round(x, 1) for x in s.round_ms],
-                "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            }
-        ),
-        flush=True,
-    )
+    record = {
+        "config": s.spec,
+        "overrides": s.overrides,
+        "batch": s.batch,
+        "steps_per_s": round(1e3 / ms, 2),
+        "ms_per_step": round(ms, 2),
+        "compile_s": round(s.compile_s, 2),
+        "devices": s.devices,
+        "peak_rss_mb": round(platform.peak_rss_mb(), 1),
+        "round_ms": [round(x, 1) for x in s.round_ms],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    if args.flops:
+      record["gflop_per_step"] = round(s.flops() / 1e9, 3)
+    print(json.dumps(record), flush=True)
     shutil.rmtree(s.workdir, ignore_errors=True)
 
 

@@ -28,18 +28,40 @@ and the label concatenated to every feature map. From the code:
 
 Consistency weight: Laine & Aila scale their maximum weight (100) by
 labelled / total images, 8 for 4,000 labels; Triple-GAN's code uses 100
-unscaled, and so do we. Batches: one size, 100, for every term (the code:
-100 labelled and 100 unlabelled images for C; for D 40 labelled, 160
-classifier-labelled and 200 generated pairs; 200 generated for G).
+unscaled, and so do we.
 
-Not the paper's code exactly: the single batch size above; the code's D
-counts its 160 classifier-labelled pairs as real (beside the 40 labelled
-ones; a second batch of classifier-labelled pairs is fake), we follow the
-paper's objective (only labelled pairs are real); C's adversarial gradient is
-the score-function estimate (the code weights D's verdict on C's argmax by its
-probability, see `gan.semi.triple_gan`); Adam's NaN-clearing (`robust_adam`)
-is not reproduced; the code's training split is the original CIFAR-10, ours
-the JPEG-derived copy of ../shared/tensorflow_datasets (README there).
+The default variants are the paper's method, not the paper's code: one batch
+size, 100, for every term; only labelled pairs are real for D; C's
+adversarial gradient is the score-function estimate; D -> C -> G with R_P on
+D's generated pairs; C's EMA scored with the raw C's batch-norm means; no
+NaN clearing. The `reference` variant (with `cpu` or `smoke` too) follows
+the code (x2y_yz2x_xy2p_ssl_cifar10.py, "cifar10.py" below) in each:
+
+  D's real set     40 labelled pairs and 160 unlabelled images labelled by C's
+                   argmax; fake: C's 100-image batch labelled by its argmax
+                   and 200 generated pairs, each half-weighted
+                   (cifar10.py:342-350, :360-371, :380) (`semi.d_batches`)
+  C's adversarial  0.01 x 0.5 mean(p_max softplus(-D(x_u, argmax C)))
+                   (cifar10.py:165, :368-370, :382) (`semi.adversarial`)
+  batch sizes      G 200; C 100 labelled + 100 unlabelled, R_P on 200
+                   generated (cifar10.py:177-181) (`semi.batches`)
+  update order     D, G, C (cifar10.py:508, :515, :523/:526), each function
+                   with its own latents (:250), R_P on the new G's
+                   (`semi.update_order = "dgc"`)
+  C's EMA          over all of C's variables, the mean-only batch norms'
+                   running means included (cifar10.py:411-419;
+                   zca_bn.py:67) (`semi.classifier_ema_stats`)
+  NaN clearing     C's Adam clears NaNs (`robust_adam`, cifar10.py:99-118,
+                   :404); here NaN gradient entries are zeroed before Adam
+                   (`optim.c.clear_nans`)
+
+D's parametrisation is the code's in every variant: weight norm without
+data-dependent initialisation, hidden scales fixed at 1, the output's
+learned (cifar10.py:299-314, nn.py:49-95; only C is initialised from data,
+:329-331, :458). Still not the code's: the code's training split is the
+original CIFAR-10, ours the JPEG-derived copy of
+../shared/tensorflow_datasets (README there); and C's batch-norm means follow
+C's unlabelled pass (the code's, its second pass over the same images).
 
 Targets (Li et al. 2017, Table 1, CIFAR-10 with 4,000 labels, mean +- std
 over runs): Triple-GAN 16.99% +- 0.36 test error; Improved-GAN (Salimans et
@@ -59,6 +81,11 @@ annealing. Measured results and what the run shows: docs/semi_supervised.md.
   taskset -c 0 python -m gan.main --config experiments/cifar10_triple_gan.py:cpu \\
       --workdir runs/cifar10_triple_gan_cpu
   python -m gan.main --config experiments/cifar10_triple_gan.py:smoke --workdir /tmp/tg_cifar
+
+The authors' code's method (GPU; `:cpu,reference` and `:smoke,reference` too):
+
+  python -m gan.main --config experiments/cifar10_triple_gan.py:reference \
+      --workdir runs/cifar10_triple_gan_reference
 """
 
 from __future__ import annotations
@@ -69,12 +96,13 @@ from experiments import base
 from gan import semi as semi_lib
 from gan.evaluation import evaluators
 
-VARIANTS = ("cpu", "smoke")
+VARIANTS = ("cpu", "reference", "smoke")
 STEPS_PER_EPOCH = 500  # 50,000 unlabelled images / batch 100
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  """Returns the experiment config; `variant` is "" (the paper's schedule), "cpu" or "smoke"."""
+  """Returns the experiment config; `variant` is "" (the paper's schedule), "cpu" or "smoke",
+  each optionally with "reference" (the authors' code's method; see the module docstring)."""
   parts = base.parse_variant(variant, VARIANTS)
   config = base.config("cifar10")
   config.method = "triple_gan"
@@ -157,4 +185,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.sample_every = config.checkpoint_every = 2
     config.num_samples = 20
     config.evals.classifier = evaluators.settings("test_error", every=2, split="test[:500]")
+  if "reference" in parts:
+    # The code's batch sizes at batch 100 (C 100 + 100, G 200, D 40 + 160 real), scaled.
+    d_labelled = 2 * config.batch_size // 5
+    semi.batches.update(labelled=config.batch_size, generated=2 * config.batch_size)
+    semi.d_batches.update(labelled=d_labelled, unlabelled=2 * config.batch_size - d_labelled)
+    semi.adversarial = "argmax"
+    semi.update_order = "dgc"
+    semi.classifier_ema_stats = True
+    config.optim.c.clear_nans = True
   return config

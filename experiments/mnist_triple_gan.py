@@ -22,20 +22,77 @@ cross-entropy plus 0.3 x entropy plus 0.3 x class balance, Adam 3e-4 (beta1
 0.9) of its own. The default CPU-sized variant leaves it off: at the
 full-width CNN those 3,600 steps take longer on a CPU than the rest of that run.
 
-Not the paper's code exactly: one batch size (100) for every term (the code
-uses 200 generated, 400 classifier-labelled and 1 labelled pair for D), the
-score-function gradient for C's adversarial term (the code weights D's
-verdict on C's argmax label by its probability), and no weight decay on C's
-last layer (the code's 1e-4).
+The default variants are the paper's method, not the paper's code: one
+batch size (100) for every term, D shown only labelled pairs as real, the
+score-function gradient for C's adversarial term, D -> C -> G with R_P on D's
+generated pairs, and none of the code's smaller settings below.
+
+The `reference` variant runs the authors' code (zhenxuan00/triple-gan,
+x2y_yz2x_xy2p_ssl_mnist.py, "mnist.py" below; nn.py; layers/merge.py;
+components/objectives.py) item by item:
+
+  D's real set     1 labelled pair and 400 unlabelled images labelled by C's
+                   argmax (mnist.py:247-251, :275); fake: C's 100-image batch
+                   labelled by its argmax and 200 generated pairs, each
+                   half-weighted (:252, :262-263, :281, :294, :303)
+                   (`semi.d_batches`)
+  D's layers       weight norm with scale 1 and bias 0 at the start, no
+                   data-dependent initialisation (the script never calls it),
+                   every scale fixed, the output's too (nn.py:267-297,
+                   train_scale=False; mnist.py:219-235) (`model.d.data_init`,
+                   `model.d.train_output_scale`)
+  C's adversarial  0.5 mean(p_max softplus(-D(x_u, argmax C))): C's top class
+                   probability times D's non-saturating cost, the gradient
+                   through p_max (mnist.py:262-263, :282, :292-293, :306)
+                   (`semi.adversarial = "argmax"`)
+  batch sizes      G 200; D 401 real, 300 fake; C 100 labelled + 100
+                   unlabelled, R_P on 200 generated (mnist.py:99-103, :301)
+                   (`semi.batches`, `semi.d_batches`)
+  update order     D, then G, then C (mnist.py:449, :453, :459/:462); every
+                   compiled function draws its own latents (:171), so G and
+                   R_P see fresh samples, R_P the new G's
+                   (`semi.update_order = "dgc"`)
+  C's weight decay 1e-4 times the squared kernel of C's output layer
+                   (mnist.py:81, :279, :296; objectives.py:48)
+                   (`semi.classifier_weight_decay`)
+  C's EMA          rate 0.01 over all of C's variables, the batch-norm
+                   statistics included (mnist.py:342-349, :379: all params,
+                   not only the trainable ones) (`semi.classifier_ema_stats`)
+  C's init, BN     convolutions N(0, 0.05^2) (mnist.py:193-197); Lasagne's
+                   batch norm, epsilon 1e-4 (components/shortcuts.py:17)
+                   (`model.c.kernel_stddev`, `model.c.bn_epsilon`)
+  G's batch norm   Lasagne's, with a learned scale (mnist.py:207, :209; the
+                   Improved-GAN G has none) (`model.g.bn_scale`)
+  D's labels       the one-hot label joins every layer's input, and twice the
+                   second's: after the first hidden layer, before its noise,
+                   and again after it (mnist.py:218-222: dis-4, dis-5, dis-6;
+                   the other layers take it once) (`model.d.label_twice`)
+  seeds            the model's seed is fixed (mnist.py:62, 1234) and only the
+                   labelled subset's seed varies (:58, :138): here
+                   `config.seed` stays 0 and `--config.semi.label_seed=S`
+                   picks the subset
+
+Where `reference` still differs from that code: the latents are Phi(z) of a
+standard normal (exactly uniform, as the code's); the classifier's
+cross-entropy is not clipped at 1e-6 (objectives.py:12); G's loss has no 1/2
+(Adam does not see a constant factor); C's batch-norm statistics follow C's
+unlabelled pass only (Lasagne updates them in every training pass, D's and
+G's functions' included); and each walk through the data keeps its own
+permutation per epoch of its own length (the code re-permutes every 600
+steps). The paper's objective for C's adversarial term stays available:
+`semi.adversarial = "reinforce"`.
 
 Train (CPU-sized: the first 10 epochs, R_P from epoch 5; measured results in
 docs/semi_supervised.md):
 
   python -m gan.main --config experiments/mnist_triple_gan.py --workdir runs/triple_gan
 
-The paper's schedule (1,000 epochs; for a GPU):
+The paper's schedule (1,000 epochs; for a GPU), as the paper's method or as
+the authors' code, on label seed S's subset:
 
   python -m gan.main --config experiments/mnist_triple_gan.py:paper --workdir runs/triple_gan
+  python -m gan.main --config experiments/mnist_triple_gan.py:paper,reference \
+      --workdir runs/triple_gan_reference --config.semi.label_seed=S
 
 Small and fast variant for tests and CPU demos:
 
@@ -52,7 +109,7 @@ from experiments import base, mnist
 from gan import semi
 from gan.evaluation import evaluators
 
-VARIANTS = ("paper", "smoke")
+VARIANTS = ("paper", "reference", "smoke")
 STEPS_PER_EPOCH = 600  # 60,000 unlabelled images / batch 100
 
 
@@ -61,7 +118,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   "paper" trains for the paper's 1,000 epochs (for a GPU); "" for its first 10 epochs
   with R_P switched on halfway, a CPU-sized run that does not reach the paper's phase
-  where R_P and annealing start; "smoke" for a few seconds.
+  where R_P and annealing start; "smoke" for a few seconds. "reference" (with any of
+  them) trains the authors' code's method instead of the paper's.
   """
   parts = base.parse_variant(variant, VARIANTS)
   config = base.config("mnist")
@@ -147,4 +205,28 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.checkpoint_every = 10
     config.num_samples = 16
     config.evals.classifier.every = 10
+  if "reference" in parts:
+    reference(config)
   return config
+
+
+def reference(config: ml_collections.ConfigDict) -> None:
+  """The authors' code's settings (the module docstring), from the config's sizes.
+
+  With batch 100 and 100 labels: C 100 labelled, G 200, D 1 labelled + 400
+  classifier-labelled real pairs, as the code's batch-size rules give.
+  """
+  semi = config.semi
+  num_labelled = semi.labels_per_class * semi.num_classes
+  semi.batches.labelled = min(100, num_labelled)
+  semi.batches.generated = 2 * config.batch_size
+  semi.d_batches.labelled = max(num_labelled // 100, 1)
+  semi.d_batches.unlabelled = 4 * config.batch_size
+  semi.adversarial = "argmax"
+  semi.update_order = "dgc"
+  semi.classifier_weight_decay = 1e-4
+  semi.pretrain.weight_decay = 1e-4  # the code's pre-training loss has it too
+  semi.classifier_ema_stats = True
+  config.model.d.update(data_init=False, train_output_scale=False, label_twice=True)
+  config.model.g.bn_scale = True
+  config.model.c.update(kernel_stddev=0.05, bn_epsilon=1e-4)

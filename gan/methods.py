@@ -14,8 +14,9 @@ and tests go through them alone:
   init(config, nets, ...)    the initial GANState (one copy, on the host)
   make_step(cfg, nets)       the pure per-device step `(state, data) -> (state, metrics)`
   pretrain(...)              work on a new run's state before the first step (or none)
-  classifier(nets, state)    the network and variables whose test error is reported
-                             (or None: the method trains no classifier)
+  classifier(nets, state, average)  the network and variables whose test error is
+                             reported: the average of the classifier's parameters, or
+                             (average=False) the raw classifier (None: no classifier)
   eval_extra(workdir, ...)   top-level entries of eval.json beside the evaluators'
 
 The methods' maths lives in `gan.step` and `gan.semi`; this module only
@@ -97,8 +98,10 @@ class GAN:
     del config, nets, arrays, log
     return state, {}
 
-  def classifier(self, nets: Networks, state: Any) -> tuple[nn.Module, dict[str, Any]] | None:
-    del nets, state
+  def classifier(
+      self, nets: Networks, state: Any, average: bool = True
+  ) -> tuple[nn.Module, dict[str, Any]] | None:
+    del nets, state, average
     return None
 
   def eval_extra(self, workdir: str, results: dict[str, Any]) -> dict[str, Any] | None:
@@ -136,8 +139,8 @@ class ImprovedGAN(SemiSupervised):
   def make_step(self, cfg, nets):
     return improved_gan.make_train_step(cfg, nets.G, nets.D)
 
-  def classifier(self, nets, state):
-    return improved_gan.classifier(nets.D, state)
+  def classifier(self, nets, state, average=True):
+    return improved_gan.classifier(nets.D, state, average)
 
 
 class TripleGAN(SemiSupervised):
@@ -163,8 +166,8 @@ class TripleGAN(SemiSupervised):
   def pretrain(self, config, nets, state, arrays, log):
     return triple_gan.pretrain(config, nets.C, state, arrays, log)
 
-  def classifier(self, nets, state):
-    return triple_gan.classifier(nets.C, state)
+  def classifier(self, nets, state, average=True):
+    return triple_gan.classifier(nets.C, state, average)
 
 
 METHODS: dict[str, GAN] = {m.name: m for m in (GAN(), ImprovedGAN(), TripleGAN())}

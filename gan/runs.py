@@ -151,12 +151,15 @@ def make_views(
     state: Any,
     use_ema: bool = True,
 ) -> dict[str, Any]:
-  """What the evaluators look at: the generator, and the method's classifier if it has one."""
+  """What the evaluators look at: the generator, and the method's classifier if it has one
+  (its average, "classifier", and the raw one, "classifier_raw")."""
   generator = evaluators.Generator(nets.G, state, config.model.z_dim, use_ema)
   found = {"generator": generator}
   classifier = method.classifier(nets, state)
   if classifier is not None:
     found["classifier"] = views.Classifier(*classifier, generator.step, "ema")
+    raw = method.classifier(nets, state, average=False)
+    found["classifier_raw"] = views.Classifier(*raw, generator.step, "raw")
   return found
 
 

@@ -2,11 +2,12 @@
 
   python -m gan.seeds --config experiments/mnist_improved_gan.py --workdir W --seeds 0,1,2
 
-Trains seed s in `W/seed_s` (`config.seed = s`; for semi-supervised runs the
-seed also picks the labelled subset, unless `config.semi.label_seed` pins
-it), one after the other, resuming any that were interrupted and skipping
-finished ones; then reads each run's `eval.json` and writes `W/seeds.json`:
-{"metric", "values": {seed: value}, "mean", "std" (sample std, ddof 1), "n",
+Trains seed s in `W/seed_s` (`config.seed = s`: the initialisation and the
+training trajectory; a semi-supervised run's labelled subset has its own
+seed, `config.semi.label_seed`, the same for every s unless overridden), one
+after the other, resuming any that were interrupted and skipping finished
+ones; then reads each run's `eval.json` and writes `W/seeds.json`: {"metric",
+"values": {seed: value}, "mean", "std" (sample std, ddof 1), "n",
 "wall_time_s": {seed: seconds of its training loop}}.
 `--metric` is a top-level key of eval.json ("test_error", the default) or
 "<evaluator>/<metric>" (e.g. "mnist_cnn/fcd"). Config overrides

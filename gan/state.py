@@ -52,6 +52,10 @@ class GANState:
       for Improved-GAN, whose discriminator is the classifier): the test error
       is measured with these.
     labelled_perm: the current epoch's order of the labelled subset.
+    d_perms: the orders of D's own batches ({"d_unlabelled": ..., "d_labelled": ...}),
+      when D's batches differ from C's (Triple-GAN's `semi.d_batches`).
+    c_ema_stats: exponential moving average of the classifier's batch-norm
+      statistics, when they are averaged too (`semi.classifier_ema_stats`).
   They are None (no leaves) otherwise, so plain GAN checkpoints are unchanged.
   """
 
@@ -64,6 +68,8 @@ class GANState:
   c: TrainState | None = None
   c_ema: Any = None
   labelled_perm: jax.Array | None = None
+  d_perms: dict[str, jax.Array] | None = None
+  c_ema_stats: Any = None
 
   @property
   def players(self) -> tuple[str, ...]:
@@ -93,6 +99,11 @@ def make_optimizer(
   Some papers' code used the second form (Improved-GAN: eps_root 1e-8, eps 0),
   which damps the steps of parameters whose gradients are below ~1e-4 instead
   of scaling them up to full size.
+
+  `optim.clear_nans` (default False) sets NaN gradient entries to 0 before
+  Adam, so one NaN does not reach the moments or the parameters (the
+  `robust_adam` of Triple-GAN's CIFAR-10 code clears NaNs after each update
+  instead; here the step's guard then finds nothing to drop).
 
   The updates are then multiplied by a scale held in the optimizer state (1 at
   the start), so the health monitor's remedy can lower a learning rate in a
@@ -128,6 +139,8 @@ def make_optimizer(
     adam = optax.inject_hyperparams(optax.adam)(learning_rate, b1=b1, **args)
   else:
     adam = optax.adam(learning_rate, b1=optim.b1, **args)
+  if optim.get("clear_nans", False):  # nested: the state stays (Adam's, the scale's)
+    adam = optax.chain(optax.zero_nans(), adam)
   return optax.chain(adam, optax.inject_hyperparams(optax.scale)(step_size=1.0))
 
 

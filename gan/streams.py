@@ -7,6 +7,7 @@ A stream's key is `fold_in(parent, STREAMS[name])`, never a position in a
     init         the players' initial parameters (and data-dependent init batches)
     data         the training split's epoch orders (`gan.data.next_batch`)
     labelled     the labelled subset's epoch orders (semi-supervised methods)
+    d_data, d_labelled   the orders of D's own batches of both (Triple-GAN's `d_batches`)
     step         the step's key, `fold_in(key("step"), state.step)` (`step_key`)
     pretrain     Triple-GAN's classifier pre-training
     grid         the latents of the fixed-noise sample grid
@@ -18,6 +19,7 @@ A stream's key is `fold_in(parent, STREAMS[name])`, never a position in a
     z, labels    latents and the labels of generated examples
     real, fake, labelled, unlabelled   D's (or C's) passes on those batches
     sample       labels drawn from C (Triple-GAN)
+    classify     C's passes that label unlabelled images by its argmax for D (Triple-GAN)
     judge        D's pass that scores pairs for C's adversarial term (Triple-GAN)
     mix          WGAN-GP's interpolation weights
     consistency  the second pass of the Pi-model consistency term
@@ -39,6 +41,8 @@ STREAMS = {
     "init": 0x1417,
     "data": 0x0DA7A,
     "labelled": 0x1ABE1,
+    "d_data": 0xDDA7A,
+    "d_labelled": 0xD1ABE1,
     "step": 0x57E9,
     "pretrain": 0x9E7A,
     "critic": 0xD,
@@ -60,6 +64,7 @@ STREAMS = {
     "d_init": 0xD10,
     "c_init": 0xC10,
     "judge": 0x1D6E,
+    "classify": 0xC1A55,
     "mix": 0x313,
     "grid": 0x6419,
     "probe": 0x940BE,

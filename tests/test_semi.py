@@ -17,6 +17,7 @@ from experiments import (
 )
 from gan import data, methods, models, runs, semi
 from gan import step as step_lib
+from gan.evaluation import views
 from gan.models import dropout
 from gan.models.weight_norm import GaussianNoise, WNDense
 from gan.parallel import replicate, unreplicate
@@ -56,12 +57,13 @@ def test_label_subset_is_saved_and_checked_on_resume(tmp_path):
 
 def test_labelled_data_is_the_subset_tiled_to_whole_batches(tmp_path):
   config = mnist_improved_gan.get_config("smoke")
-  config.semi.labels_per_class, config.batch_size, config.seed = 2, 16, 5
+  config.semi.labels_per_class, config.batch_size = 2, 16
+  config.semi.label_seed, config.seed = 5, 3  # the subset's seed, apart from the run's
   y = _labels(250)
   images = np.arange(250, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8)
   split = data.Split(images, y, "test split")
   arrays = semi.labelled_data(config, split, str(tmp_path), write=True)
-  subset = labels.choose(y, 2, seed=5)  # label_seed unset: the run's seed
+  subset = labels.choose(y, 2, seed=5)
   # 20 labels, batch 16: tiled to lcm = 80, each labelled example 4 times, with its label.
   assert len(arrays["labelled_label"]) == 80
   index = arrays["labelled_image"][:, 0, 0, 0].astype(np.int64)
@@ -79,6 +81,13 @@ def test_labelled_data_is_the_subset_tiled_to_whole_batches(tmp_path):
   config.semi.label_seed, config.semi.labels_per_class = 5, 3
   with pytest.raises(ConfigError, match="2 labels per class"):
     semi.labelled_data(config, split, str(tmp_path), write=True)
+  # By default every training seed gets label seed 0's subset (the one seed 0 always had).
+  config = mnist_improved_gan.get_config("smoke")
+  config.seed = 4
+  default = semi.labelled_data(config, split, str(tmp_path / "default"), write=True)
+  np.testing.assert_array_equal(
+      np.unique(default["labelled_image"][:, 0, 0, 0]), labels.choose(y, 2, seed=0)
+  )
 
 
 def test_method_settings_of_the_experiments():
@@ -92,6 +101,27 @@ def test_method_settings_of_the_experiments():
   assert D.apply(variables, x, False).shape == (3, config.semi.num_classes)  # no fake logit
   module, _ = improved_gan.classifier(D, {"c_ema": variables["params"]})
   assert module is D
+
+
+def test_paper_2016_scores_the_raw_d_and_reports_it(tmp_path):
+  """Improved-GAN as of the paper's date: 1e-3, linear decay over the last 100 epochs, raw D."""
+  config = mnist_improved_gan.get_config("paper_2016")
+  assert config.num_steps == 180_000
+  for optim in (config.optim.g, config.optim.d):
+    assert (optim.lr, optim.decay, optim.decay_start) == (1e-3, "linear", 120_000)
+  assert (config.evals.classifier.params, config.evals.classifier_ema.params) == ("raw", "ema")
+  # The two views: D's EMA and D itself.
+  method, nets = methods.METHODS["improved_gan"], methods.Networks(None, "D")
+  state = {"c_ema": {"w": 1.0}, "d": {"params": {"w": 2.0}}}
+  assert method.classifier(nets, state)[1]["params"] == {"w": 1.0}
+  assert method.classifier(nets, state, average=False)[1]["params"] == {"w": 2.0}
+  # eval.json's test error is the "classifier" evaluator's (here the raw D's).
+  labels.load_or_choose(str(tmp_path), _labels(200), 2, 0, "test")
+  results = {
+      "classifier_ema": views.Result({"test_error": 0.25}, {}),
+      "classifier": views.Result({"test_error": 0.5}, {}),
+  }
+  assert semi.eval_extra(str(tmp_path), results)["test_error"] == 0.5
 
 
 def test_weight_norm_data_dependent_init_standardises_the_first_batch():
@@ -401,7 +431,8 @@ def test_evaluate_cli_reproduces_the_runs_test_error(tmp_path):
   assert grids and np.asarray(Image.open(grids[-1])).shape[1] == 10 * 29 + 1
   # The view it scored is C's EMA with C's running statistics, not the raw parameters.
   state, config = runs._restore(str(tmp_path), "latest")
-  found = runs._views(state, config, use_ema=True)
+  method = methods.get(config)
+  found = runs.make_views(config, method, methods.build_networks(config, None), state)
   C = models.build_classifier(config.model, axis_name=None)
   x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
   scaled = x.astype(np.float32) * (2.0 / 255.0) - 1.0
@@ -409,6 +440,7 @@ def test_evaluate_cli_reproduces_the_runs_test_error(tmp_path):
   ema = C.apply({"params": state["c_ema"], "batch_stats": stats}, scaled, train=False)
   raw = C.apply({"params": state["c"]["params"], "batch_stats": stats}, scaled, train=False)
   np.testing.assert_allclose(found["classifier"].logits(x), ema, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(found["classifier_raw"].logits(x), raw, rtol=1e-5, atol=1e-5)
   assert not np.allclose(ema, raw, atol=1e-4)
   # A resumed run does not pre-train C again.
   written = (tmp_path / "pretrain.json").stat().st_mtime_ns
@@ -453,7 +485,7 @@ def test_a_rollback_before_the_first_checkpoint_keeps_the_pretrained_classifier(
   assert not np.allclose(jax.tree.leaves(params)[0], jax.tree.leaves(seen["initial"])[0])
 
 
-def test_seed_runner_reports_mean_and_std_over_label_subsets(tmp_path):
+def test_seed_runner_reports_mean_and_std_over_training_seeds(tmp_path):
   from gan import seeds  # noqa: PLC0415
 
   config = mnist_improved_gan.get_config("smoke")
@@ -468,7 +500,7 @@ def test_seed_runner_reports_mean_and_std_over_label_subsets(tmp_path):
   assert set(summary["wall_time_s"]) == {"0", "1"}
   assert all(t is not None and 0 <= t < 600 for t in summary["wall_time_s"].values())
   subsets = [json.loads((tmp_path / f"seed_{s}" / "labelled.json").read_text()) for s in (0, 1)]
-  assert subsets[0]["indices"] != subsets[1]["indices"]  # each seed its own labelled subset
+  assert subsets[0]["indices"] == subsets[1]["indices"]  # two trajectories, one labelled subset
   assert runs.read_metric({"a": {"b": 2.0}}, "a/b") == 2.0
   with pytest.raises(ConfigError):
     runs.read_metric(values[0], "nothing")

@@ -18,6 +18,8 @@ The stand-ins see an image only through its mean pixel m:
             logits f W + b
 """
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,7 +29,7 @@ from jax.nn import log_softmax, softplus
 
 from experiments import mnist_improved_gan, mnist_triple_gan
 from gan import data as data_lib
-from gan import methods
+from gan import methods, streams
 from gan import step as step_lib
 from gan.models import shared_trunk
 from gan.parallel import replicate, unreplicate
@@ -343,3 +345,140 @@ def test_improved_gan_step_puts_its_terms_together():
   _check_first_update("d", d0, d1, jax.grad(lambda d: d_terms(d)[0])(d0), config.optim.d)
   _check_first_update("g", g0, new.g.params, jax.grad(g_loss)(g0), config.optim.g)
   _check_averages(init, new, d1)  # the classifier is D's EMA
+
+
+# Triple-GAN as its authors' code runs it (`experiments/mnist_triple_gan.py:reference`).
+class OutputLayer(nn.Module):
+
+  @nn.compact
+  def __call__(self, t):
+    u = self.param("bias", _constant([0.3, -0.2, 0.5, 0.1, -0.4, 0.0, 0.2, -0.1, 0.4, -0.3]), (K,))
+    return u + self.param("kernel", _constant(np.linspace(-1.5, 1.5, K)), (K,)) * t[:, None]
+
+
+class LayeredC(nn.Module):
+  """LinearC with its parameters in a named output layer, and a running mean of m."""
+
+  OUTPUT_LAYER: ClassVar[str] = "out"
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train=True):
+    m = _mean_pixel(x)
+    mean = self.variable("batch_stats", "mean", jnp.zeros, ())
+    if train and not self.is_initializing():
+      mean.value = 0.9 * mean.value + 0.1 * jnp.mean(m)
+    return OutputLayer(name=self.OUTPUT_LAYER)(m)
+
+
+def test_argmax_adversarial_term_by_hand():
+  """0.5 mean(p_max softplus(-d)), its gradient through p_max only."""
+  logits = jnp.log(jnp.array([[1.0, 3.0], [2.0, 2.0]]))  # p_max 3/4 and 1/2
+  d = jnp.array([0.0, np.log(3.0)])  # softplus(-d): log 2, log(4/3)
+  expected = 0.5 * (0.75 * np.log(2.0) + 0.5 * np.log(4.0 / 3.0)) / 2
+  np.testing.assert_allclose(triple_gan.argmax_adversarial_loss(logits, d, 0.5), expected, 1e-6)
+  assert float(jnp.abs(jax.grad(triple_gan.argmax_adversarial_loss, 1)(logits, d, 0.5)).sum()) == 0
+
+
+def test_triple_gan_reference_step_puts_its_terms_together(monkeypatch):
+  """The code's D real set, batch sizes, adversarial term, order, weight decay and EMA."""
+  config = mnist_triple_gan.get_config("smoke,reference")
+  config.batch_size = K  # C's unlabelled batch, and D's classifier-labelled fake pairs
+  config.semi.labels_per_class, config.semi.init_batch = 1, K
+  # 15 generated pairs: classes 0-4 twice, 5-9 once, so a batch of another size shows.
+  config.semi.batches.update(labelled=K, generated=15)
+  config.semi.d_batches.update(labelled=2, unlabelled=3 * K)  # every unlabelled image
+  config.semi.alpha, config.semi.alpha_p, config.semi.pseudo_start_step = 0.3, 0.7, 0
+  config.semi.entropy_weight, config.semi.balance_weight = 0.2, 0.05
+  config.semi.adversarial_scale, config.semi.classifier_weight_decay = 0.5, 0.01
+  _with_proportional_steps(config)
+  for player in ("d", "c", "g"):  # the new players differ clearly from the old
+    config.optim[player].lr = 0.05
+  unlabelled, m_all = _pixels(np.linspace(0, 255, 3 * K))
+  labelled, m_l = _pixels(np.linspace(200, 20, K))
+  y_l = np.arange(K, dtype=np.int32)
+  data = {
+      "image": unlabelled,
+      "label": np.arange(3 * K, dtype=np.int32) % K,  # monitoring only
+      "labelled_image": labelled,
+      "labelled_label": y_l,
+  }
+  # Which images each walk draws: the first batch of its stream's first permutation.
+  rng = jax.random.PRNGKey(config.seed)
+
+  def first(stream, n, size):
+    return np.asarray(data_lib.epoch_permutation(streams.key(rng, stream), 0, n))[:size]
+
+  m_u = m_all[first("data", 3 * K, K)]
+  d_lab = first("d_labelled", K, 2)
+  init, new, metrics = _one_step(triple_gan, config, StandInG(), PairD(), LayeredC(), data, 1)
+  g0, d0, c0 = init.g.params, init.d.params, init.c.params
+  g1, d1, c1 = new.g.params, new.d.params, new.c.params
+  y_g = np.arange(15) % K
+
+  def m_g(g):
+    return jnp.tanh(g["level"] + 0.1 * y_g)
+
+  def c_logits(c, m):
+    return c["out"]["bias"] + c["out"]["kernel"] * m[:, None]
+
+  def d_logits(d, m, y):
+    return d["w"] * m + d["v"][y]
+
+  def top(m):  # C's argmax labels, from the C of the step's start
+    return np.asarray(jnp.argmax(c_logits(c0, m), axis=1))
+
+  for m in (m_u, m_all):
+    best = np.sort(c_logits(c0, m), axis=1)
+    assert len(set(top(m))) > 2 and np.min(best[:, -1] - best[:, -2]) > 0.01  # no ties
+  alpha, s, alpha_p = 0.3, 0.5, 0.7
+
+  def d_loss(d):  # real: D's 2 labelled pairs and all 30 images with C's labels
+    m_real = jnp.concatenate([m_l[d_lab], m_all])
+    y_real = np.concatenate([y_l[d_lab], top(m_all)])
+    return (
+        jnp.mean(softplus(-d_logits(d, m_real, y_real)))
+        + alpha * jnp.mean(softplus(d_logits(d, m_u, top(m_u))))
+        + (1 - alpha) * jnp.mean(softplus(d_logits(d, m_g(g0), y_g)))
+    )
+
+  def c_terms(c):
+    p_u = jax.nn.softmax(c_logits(c, m_u))
+    # the new D's non-saturating cost of C's argmax pairs, weighted by C's top probability
+    adv = alpha * s * jnp.mean(jnp.max(p_u, axis=1) * softplus(-d_logits(d1, m_u, top(m_u))))
+    sup = _cross_entropy(c_logits(c, m_l), y_l)
+    pseudo = _cross_entropy(c_logits(c, m_g(g1)), y_g)  # R_P: fresh pairs of the new G
+    ent = -jnp.mean(jnp.sum(p_u * jnp.log(p_u), axis=1))
+    bal = -jnp.mean(jnp.log(p_u.mean(axis=0) + 1e-8))
+    decay = jnp.sum(c["out"]["kernel"] ** 2)
+    total = sup + adv + alpha_p * pseudo + 0.2 * ent + 0.05 * bal + 0.01 * decay
+    parts = {"sup": sup, "adv": adv, "pseudo": pseudo, "entropy": ent, "balance": bal}
+    return total, parts | {"weight_decay": decay}
+
+  def g_loss(g):  # 15 fresh pairs against the new D
+    return jnp.mean(softplus(-d_logits(d1, m_g(g), y_g)))
+
+  c_loss, c = c_terms(c0)
+  _check_values(
+      metrics,
+      {
+          "d/loss": d_loss(d0),
+          "c/loss_sup": c["sup"],
+          "c/loss_adv": c["adv"],
+          "c/loss_pseudo": c["pseudo"],
+          "c/entropy": c["entropy"],
+          "c/balance": c["balance"],
+          "c/weight_decay": c["weight_decay"],
+          "c/loss": c_loss,
+          "g/loss": g_loss(g0),
+      },
+  )
+  _check_first_update("d", d0, d1, jax.grad(d_loss)(d0), config.optim.d)
+  _check_first_update("c", c0, c1, jax.grad(lambda c: c_terms(c)[0])(c0), config.optim.c)
+  _check_first_update("g", g0, g1, jax.grad(g_loss)(g0), config.optim.g)
+  _check_averages(init, new, c1)
+  # C's batch-norm statistics (here: from its pass over x_u) are averaged too, and scored.
+  np.testing.assert_allclose(new.c.batch_stats["mean"], 0.1 * jnp.mean(m_u), rtol=1e-5)
+  np.testing.assert_allclose(new.c_ema_stats["mean"], 0.9 * new.c.batch_stats["mean"], rtol=1e-5)
+  _, variables = triple_gan.classifier(LayeredC(), new)
+  assert variables["batch_stats"] is new.c_ema_stats

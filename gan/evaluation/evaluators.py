@@ -367,7 +367,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "toy2d": dict(every=1000, num_samples=2500, seed=0),
     "stacked_mnist": dict(every=5000, num_samples=26_000, arch="mnist_cnn", seed=0),
-    "test_error": dict(every=1000, split="test", batch_size=1000),
+    "test_error": dict(every=1000, split="test", batch_size=1000, params="ema"),
 }
 # Settings that no longer mean anything, dropped so that the configs of older runs still load:
 # Inception Score needed a classification head that the FID weights do not have.

@@ -2,9 +2,10 @@
 
 Declared like the other evaluators (`config.evals.classifier =
 evaluators.settings("test_error", every=500)`); it looks at the run's
-classifier (EMA parameters, inference mode: no noise, no dropout) instead of
-its generator. The split (default "test") is never used for training or for
-choosing the labelled subset; the metrics are `test_error` and
+classifier (inference mode: no noise, no dropout) instead of its generator:
+the average of its parameters, or with `params="raw"` the raw classifier.
+The split (default "test") is never used for training or for choosing the
+labelled subset; the metrics are `test_error` and
 `test_accuracy` (fractions) and `test_errors` (a count), the protocol stamp
 names the split, its size and the classifier's parameters, and the details
 give the errors per true class and the most frequent confusions (true class,
@@ -19,15 +20,20 @@ import numpy as np
 
 from gan import data as data_lib
 from gan.evaluation.views import Classifier, Result
+from gan.utils import ConfigError
+
+TARGETS = {"ema": "classifier", "raw": "classifier_raw"}  # the views of `cfg.params`
 
 
 class TestErrorEvaluator:
   """Error rate of the run's classifier on `cfg.split` of the training dataset."""
 
-  target = "classifier"  # what the loop hands to `run` (a views.Classifier)
-
   def __init__(self, name: str, cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
     self.name, self.cfg = name, cfg
+    params = cfg.get("params", "ema")
+    if params not in TARGETS:
+      raise ConfigError(f"evals.{name}.params={params!r}; use one of {sorted(TARGETS)}")
+    self.target = TARGETS[params]  # what the loop hands to `run` (a views.Classifier)
     split = data_lib.load(config.dataset, cfg.split, config.data_dir)
     self.images, self.labels, self.source = split.image, split.label, split.source
 

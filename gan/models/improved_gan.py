@@ -16,7 +16,8 @@ stay in the codebase's [-1, 1] range outside the networks: G returns
 2 sigmoid - 1 and D looks at (x + 1) / 2, so inside, both see the paper's
 [0, 1] pixels. D's hidden layers initialise their weight-norm scales and
 biases from the init batch and keep the scales fixed, the output layer learns
-its scale (as in the paper's code); D `sow`s its last hidden layer
+its scale (as in the paper's code; Triple-GAN's code differs: see the
+discriminator's attributes); D `sow`s its last hidden layer
 ("intermediates"/"features"): the feature-matching target and the health
 monitor's diversity space.
 """
@@ -59,6 +60,7 @@ class ImprovedGANGenerator(nn.Module):
   widths: tuple[int, ...] = (500, 500)
   image_shape: tuple[int, int, int] = (28, 28, 1)
   label_classes: int = 0
+  bn_scale: bool = False  # a learned scale in the batch norms (Triple-GAN's code has one)
   axis_name: str | None = None  # batch-norm statistics are averaged over this axis
 
   @nn.compact
@@ -69,7 +71,7 @@ class ImprovedGANGenerator(nn.Module):
       x = nn.Dense(width, use_bias=False)(_with_label(x, label))
       x = nn.BatchNorm(
           use_running_average=not train,
-          use_scale=False,
+          use_scale=self.bn_scale,
           momentum=0.9,
           epsilon=1e-4,
           axis_name=self.axis_name if train else None,
@@ -98,6 +100,12 @@ class ImprovedGANDiscriminator(nn.Module):
   input_noise: float = 0.3
   hidden_noise: float = 0.5
   kernel_stddev: float = 0.1  # initial weight-norm directions (the paper's code: N(0, 0.1^2))
+  # Triple-GAN's code: scales 1 and biases 0 at the start, every scale fixed (the output's
+  # too), and a second copy of the label joined after the first hidden layer, before its
+  # noise (so the second layer sees [noisy [h, y], y]).
+  data_init: bool = True
+  train_output_scale: bool = True
+  label_twice: bool = False
   axis_name: str | None = None  # the noise is keyed by the example's index along this axis
 
   @nn.compact
@@ -105,11 +113,13 @@ class ImprovedGANDiscriminator(nn.Module):
     label = one_hot_labels(y, x.shape[0], self.label_classes, "zeros")
     x = (x.reshape(x.shape[0], -1) + 1.0) / 2.0
     x = GaussianNoise(self.input_noise, self.axis_name)(x, train)
-    dense = functools.partial(WNDense, kernel_stddev=self.kernel_stddev)
-    for width in self.widths:
+    dense = functools.partial(WNDense, kernel_stddev=self.kernel_stddev, data_init=self.data_init)
+    for i, width in enumerate(self.widths):
       x = nn.relu(dense(width, train_scale=False)(_with_label(x, label)))
       features = x
+      if i == 0 and self.label_twice:
+        x = _with_label(x, label)
       x = GaussianNoise(self.hidden_noise, self.axis_name)(x, train)
     self.sow("intermediates", "features", features)
-    logits = dense(self.num_classes, train_scale=True)(_with_label(x, label))
+    logits = dense(self.num_classes, train_scale=self.train_output_scale)(_with_label(x, label))
     return logits[:, 0] if self.num_classes == 1 else logits

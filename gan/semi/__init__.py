@@ -26,8 +26,10 @@ def defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
       {
           "labels_per_class": 10,
-          # The labelled subset's seed; None: config.seed (so seeds vary the subset too).
-          "label_seed": ml_collections.config_dict.placeholder(int),
+          # The labelled subset's seed, apart from config.seed (the networks' initialisation
+          # and the training trajectory), so each can be varied on its own. 0 picks the
+          # subset that runs with config.seed = 0 had when the one seed picked both.
+          "label_seed": 0,
           "unlabelled_weight": 1.0,
           "classifier_ema_decay": 0.999,
           "init_batch": 500,  # images for the data-dependent initialisation
@@ -55,6 +57,20 @@ def defaults() -> ml_collections.ConfigDict:
           "shared_trunk": False,
           # With shared_trunk: the weight of L_D's gradient on the trunk (C's loss has 1).
           "trunk_d_weight": 1.0,
+          # Triple-GAN options that follow the authors' code (`gan.semi.triple_gan`; the
+          # defaults keep the paper's method): global batch sizes, 0 for config.batch_size,
+          # of C's labelled batch and of the generated one (G's, D's and R_P's); D's own
+          # real pairs, `labelled` labelled ones (0: C's labelled batch) and `unlabelled`
+          # images labelled by C's argmax (0: none); C's adversarial term ("reinforce" or
+          # "argmax"); the order of the updates ("dcg" or "dgc", R_P then on fresh pairs of
+          # the new G); weight decay on C's output layer; C's EMA of its batch-norm
+          # statistics too.
+          "batches": {"labelled": 0, "generated": 0},
+          "d_batches": {"labelled": 0, "unlabelled": 0},
+          "adversarial": "reinforce",
+          "update_order": "dcg",
+          "classifier_weight_decay": 0.0,
+          "classifier_ema_stats": False,
           # Triple-GAN: C trained alone for `steps` steps before the game
           # (`gan.semi.triple_gan.pretrain`; 0: off), as the paper's MNIST code does.
           "pretrain": {
@@ -64,14 +80,28 @@ def defaults() -> ml_collections.ConfigDict:
               "b1": 0.9,
               "entropy_weight": 0.3,
               "balance_weight": 0.3,
+              "weight_decay": 0.0,  # on C's output layer, as `classifier_weight_decay`
           },
       }
   )
 
 
 def label_seed(config: ml_collections.ConfigDict) -> int:
+  """The labelled subset's seed: `config.semi.label_seed` (None, in older configs: config.seed)."""
   seed = config.semi.get("label_seed")
   return config.seed if seed is None else int(seed)
+
+
+def labelled_batches(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The global sizes of the batches a step draws from the labelled subset.
+
+  The classifier's (`semi.batches.labelled`, default `config.batch_size`) and,
+  for a Triple-GAN D with its own labelled batch, D's (`semi.d_batches.labelled`).
+  """
+  sizes = [config.semi.get("batches", {}).get("labelled", 0) or config.batch_size]
+  if d_labelled := config.semi.get("d_batches", {}).get("labelled", 0):
+    sizes.append(d_labelled)
+  return tuple(sizes)
 
 
 def labelled_data(
@@ -81,20 +111,26 @@ def labelled_data(
 
   The subset (`config.semi.labels_per_class` per class, from `label_seed`) is
   read from or written to `workdir/labelled.json`. It is tiled to a whole
-  number of global batches (lcm(subset, batch) examples), so a step always
-  draws a full labelled batch and each epoch of the tiled set shows every
-  labelled example equally often.
+  number of each labelled batch (`labelled_batches`: lcm(subset, batches)
+  examples), so a step always draws full labelled batches and each epoch of
+  the tiled set shows every labelled example equally often.
   """
   per_class, seed = config.semi.labels_per_class, label_seed(config)
   indices = labels.load_or_choose(workdir, split.label, per_class, seed, split.source, write)
-  tiled = np.tile(indices, config.batch_size // math.gcd(len(indices), config.batch_size))
+  tiled = np.tile(indices, math.lcm(len(indices), *labelled_batches(config)) // len(indices))
   return {"labelled_image": split.image[tiled], "labelled_label": split.label[tiled]}
 
 
 def eval_extra(workdir: str, results: dict[str, Any]) -> dict[str, Any]:
-  """eval.json's top-level entries for a semi-supervised run: its test error and label subset."""
+  """eval.json's top-level entries for a semi-supervised run: its test error and label subset.
+
+  The test error is the "classifier" evaluator's if there is one (a run may
+  score its classifier twice, averaged and raw), else any test-error evaluator's.
+  """
   extra: dict[str, Any] = {"labels": labels.describe(workdir)}
-  for result in results.values():
-    if "test_error" in result.metrics:
-      extra["test_error"] = result.metrics["test_error"]
+  scored = [r for r in results.values() if "test_error" in r.metrics]
+  if "classifier" in results and "test_error" in results["classifier"].metrics:
+    scored = [results["classifier"]]
+  if scored:
+    extra["test_error"] = scored[0].metrics["test_error"]
   return extra

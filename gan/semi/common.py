@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,43 +15,71 @@ from gan import state as state_lib
 from gan import step as step_lib
 from gan import streams
 
+# A step's walks through the data, each in its own epoch orders: the arrays it draws from
+# (the training split, or the tiled labelled subset: `labelled_` arrays), the state's field
+# that holds its current order, and that order's stream. The "d_" walks are D's own
+# batches, of other sizes than C's (Triple-GAN's `semi.d_batches`); they live in `d_perms`.
+WALKS = {
+    "unlabelled": ("", "data_perm", "data"),
+    "labelled": ("labelled_", "labelled_perm", "labelled"),
+    "d_unlabelled": ("", "d_perms", "d_data"),
+    "d_labelled": ("labelled_", "d_perms", "d_labelled"),
+}
+
 
 def draw_batches(
-    state: state_lib.GANState, data: dict[str, jax.Array], global_batch: int
-) -> tuple[jax.Array, dict[str, jax.Array], jax.Array, dict[str, jax.Array]]:
-  """Inside a step: this device's unlabelled and labelled batches, and both new data orders.
+    state: state_lib.GANState, data: dict[str, jax.Array], sizes: Mapping[str, int]
+) -> tuple[dict[str, Any], dict[str, dict[str, jax.Array]]]:
+  """Inside a step: this device's batch of each walk of `sizes` (its global batch size).
 
-  The unlabelled batch walks the whole training split (its labels are for
-  monitoring only), the labelled one the tiled labelled subset, each in its
-  own permutation, one batch of each per step.
+  Each walk goes through its arrays in its own permutation, one batch per step
+  (the training split's labels are for monitoring only). Returns the state
+  fields that hold the new orders (for `state.replace`) and the batches by walk.
   """
-  perm, unlabelled = data_lib.next_batch(
-      {"image": data["image"], "label": data["label"]},
-      state.data_perm,
-      streams.key(state.rng, "data"),
-      state.step,
-      global_batch,
-      step_lib.AXIS,
-  )
-  labelled_perm, labelled = data_lib.next_batch(
-      {"image": data["labelled_image"], "label": data["labelled_label"]},
-      state.labelled_perm,
-      streams.key(state.rng, "labelled"),
-      state.step,
-      global_batch,
-      step_lib.AXIS,
-  )
-  return perm, unlabelled, labelled_perm, labelled
+  orders: dict[str, Any] = {}
+  if state.d_perms is not None:
+    orders["d_perms"] = dict(state.d_perms)
+  batches = {}
+  for walk, size in sizes.items():
+    prefix, name, stream = WALKS[walk]
+    perm = getattr(state, name)
+    if name == "d_perms":
+      perm = perm[walk]
+    perm, batches[walk] = data_lib.next_batch(
+        {"image": data[f"{prefix}image"], "label": data[f"{prefix}label"]},
+        perm,
+        streams.key(state.rng, stream),
+        state.step,
+        size,
+        step_lib.AXIS,
+    )
+    _set_order(orders, walk, perm)
+  return orders, batches
 
 
-def first_orders(rng: jax.Array, num_images: int, num_labelled: int) -> dict[str, jax.Array]:
-  """The first epoch's orders of the training split and of the (tiled) labelled subset."""
-  return {
-      "data_perm": data_lib.epoch_permutation(streams.key(rng, "data"), jnp.int32(0), num_images),
-      "labelled_perm": data_lib.epoch_permutation(
-          streams.key(rng, "labelled"), jnp.int32(0), num_labelled
-      ),
-  }
+def first_orders(
+    rng: jax.Array,
+    num_images: int,
+    num_labelled: int,
+    walks: Sequence[str] = ("unlabelled", "labelled"),
+) -> dict[str, Any]:
+  """The state fields that hold the first orders of `walks` (see WALKS)."""
+  sizes = {"": num_images, "labelled_": num_labelled}
+  orders: dict[str, Any] = {}
+  for walk in walks:
+    prefix, _, stream = WALKS[walk]
+    perm = data_lib.epoch_permutation(streams.key(rng, stream), jnp.int32(0), sizes[prefix])
+    _set_order(orders, walk, perm)
+  return orders
+
+
+def _set_order(orders: dict[str, Any], walk: str, perm: jax.Array) -> None:
+  """Puts `walk`'s order where the state keeps it (D's walks in the `d_perms` dict)."""
+  name = WALKS[walk][1]
+  if name == "d_perms":
+    orders.setdefault(name, {})[walk] = perm
+  else:
+    orders[name] = perm
 
 
 def init_images(config: ml_collections.ConfigDict, images: np.ndarray) -> jax.Array:

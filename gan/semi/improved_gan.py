@@ -106,7 +106,9 @@ def make_train_step(cfg: ImprovedGANStepConfig, G: nn.Module, D: nn.Module) -> s
   def train_step(state: GANState, data: dict[str, jax.Array]) -> tuple[GANState, step_lib.Metrics]:
     local_batch = cfg.global_batch // lax.axis_size(step_lib.AXIS)
     d_key, g_key = streams.keys(streams.step_key(state.rng, state.step), "critic", "generator")
-    perm, unlabelled, labelled_perm, labelled = common.draw_batches(state, data, cfg.global_batch)
+    sizes = {"unlabelled": cfg.global_batch, "labelled": cfg.global_batch}
+    orders, batches = common.draw_batches(state, data, sizes)
+    unlabelled, labelled = batches["unlabelled"], batches["labelled"]
     g, d = state.g, state.d
     z = step_lib.sample_z(streams.key(d_key, "z"), local_batch, cfg.z_dim)
     fake = lax.stop_gradient(generate(g, g.params, z)[0])
@@ -152,8 +154,7 @@ def make_train_step(cfg: ImprovedGANStepConfig, G: nn.Module, D: nn.Module) -> s
         d=d,
         g_ema=g_ema,
         c_ema=c_ema,
-        data_perm=perm,
-        labelled_perm=labelled_perm,
+        **orders,
     )
     real_lse = jax.nn.logsumexp(real_logits, axis=-1)
     fake_lse = jax.nn.logsumexp(fake_logits, axis=-1)
@@ -206,6 +207,10 @@ def create_state(
   )
 
 
-def classifier(D: nn.Module, state: Any) -> tuple[nn.Module, dict[str, Any]]:
-  """(module, variables) of the EMA classifier: D's K logits (noise off in inference mode)."""
-  return D, {"params": field(state, "c_ema")}
+def classifier(D: nn.Module, state: Any, average: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+  """(module, variables) of the classifier: D's K logits (noise off in inference mode).
+
+  The EMA of D's parameters, or with `average=False` D itself (the paper's
+  code of its date scored the raw D).
+  """
+  return D, {"params": field(state, "c_ema") if average else field(field(state, "d"), "params")}
