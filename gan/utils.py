@@ -114,7 +114,10 @@ def replacing(path: str, mode: str = "w", partial: str | None = None) -> Iterato
   behind. A killed writer's partial stays for its folder's `remove_stale_partials`.
   """
   folder, prefix = os.path.split(partial or path)
-  handle, written = tempfile.mkstemp(dir=folder, prefix=f"{prefix}.", suffix=".tmp")
+  try:
+    handle, written = tempfile.mkstemp(dir=folder, prefix=f"{prefix}.", suffix=".tmp")
+  except OSError as e:  # name the file the caller writes, not its partial
+    raise OSError(e.errno, e.strerror, path) from None
   try:
     os.fchmod(handle, 0o644)  # readable like a file open() makes, not mkstemp's 0600
     with os.fdopen(handle, mode) as f:

@@ -280,6 +280,10 @@ def test_resuming_with_a_config_the_checkpoint_does_not_fit(run_dir, tmp_path):
   shutil.copytree(run_dir, workdir)
   toy = os.path.join(ROOT, "experiments", "toy2d.py") + ":smoke"
   result = _run("gan.main", "--config", toy, "--workdir", workdir, "--config.model.z_dim=3")
+  _assert_one_line_error(result, f"{workdir} holds a run of another config (model.z_dim: 16 -> 3)")
+  # Told to resume anyway, the checkpoint itself is checked before anything is restored.
+  flags = ("--config.model.z_dim=3", "--allow_config_change")
+  result = _run("gan.main", "--config", toy, "--workdir", workdir, *flags)
   _assert_one_line_error(
       result,
       f"the checkpoint in {workdir} (step 0) does not match this config (model.z_dim: 16 -> 3)",
