@@ -314,12 +314,22 @@ def _run(config, workdir, shared, parallel, resume_stopped, allow_config_change,
   nets = methods.build_networks(config, step_lib.AXIS)
   method.check(nets)
   primary = distributed.is_primary()
-  checkpointer = runs.checkpointer(workdir, config)
-  check_resumable(config, workdir, checkpointer, resume_stopped, allow_config_change)
+  # Read-only first: a writable Orbax manager starts a clean-up thread, which prints a
+  # traceback if the process then exits at once (a refused resume, a missing dataset).
+  looked_up = runs.checkpointer(workdir, config, read_only=not resume_stopped)
+  try:
+    check_resumable(config, workdir, looked_up, resume_stopped, allow_config_change)
+  finally:
+    looked_up.close()
   split, arrays = data(config, method, workdir, primary, shared.split if shared else None)
   state = initial_state(config, method, nets, split, arrays)
   evaluators = evaluators_lib.build(config) if shared is None else shared.evaluators
-  state, resumed = resume(checkpointer, state, config)
+  checkpointer = runs.checkpointer(workdir, config)
+  try:
+    state, resumed = resume(checkpointer, state, config)
+  except BaseException:
+    checkpointer.close()
+    raise
   if resumed:
     print(f"{distributed.prefix()}Resuming from step {int(state.step)} in {workdir}", flush=True)
   probe_real, probe_z = health_probe(config, split)

@@ -459,7 +459,7 @@ def test_a_rollback_before_the_first_checkpoint_keeps_the_pretrained_classifier(
   config.semi.pretrain.update(steps=2, unlabelled_batch=50)
   # Every loss counts as exploded: the first divergence (two log records) rolls back,
   # to the step-0 checkpoint pre-training wrote; the second stops the run.
-  config.health.divergence.max_loss = 0.0
+  config.health.divergence.max_loss = 1e-9
   config.health.max_rollbacks = 1
   seen = {}
   pretrain, rollback = build.Run.pretrain, recovery.HealthMonitor.rollback
