@@ -135,7 +135,8 @@ def resume(
     workdir = os.path.dirname(checkpointer.directory)
     raise ConfigError(
         f"the checkpoint in {workdir} (step {latest}) does not match this config "
-        f"({_config_diff(workdir, config) or difference}); use another --workdir, or the config "
+        f"({_config_diff(checkpointer, latest, config) or difference}); use another --workdir, "
+        "or the config "
         "the run was trained with"
     )
   try:
@@ -191,12 +192,15 @@ def check_resumable(
     )
 
 
-def _config_diff(workdir: str, config: ml_collections.ConfigDict) -> str:
-  """How `config` differs from the run's config.json ("" if it cannot be read)."""
+def _config_diff(
+    checkpointer: checkpoint.Checkpointer, step: int, config: ml_collections.ConfigDict
+) -> str:
+  """How `config` differs from the one saved with checkpoint `step` ("" if it has none)."""
   try:
-    return validate.config_diff(runs.load_config(workdir), config)
-  except (ConfigError, OSError, ValueError):
+    saved = checkpointer.config(step)
+  except Exception:  # noqa: BLE001  (unreadable: the structural difference is reported instead)
     return ""
+  return validate.config_diff(saved, config) if saved is not None else ""
 
 
 @dataclasses.dataclass
