@@ -98,7 +98,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.checkpoint_every = 5000
 
   config.evals.cifar_resnet20 = evaluators.settings(
-      "classifier", arch="cifar_resnet20", every=2500, num_samples=10_000, split="test"
+      "fcd", arch="cifar_resnet20", every=2500, num_samples=10_000, split="test"
   )
   config.evals.fid = evaluators.settings(
       "inception",

@@ -62,7 +62,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   # FCD, KID, precision/recall, class coverage on the features of the project's
   # MNIST classifier (shipped with the package).
-  config.evals.mnist_cnn = evaluators.settings("classifier", arch="mnist_cnn", every=1000)
+  config.evals.mnist_cnn = evaluators.settings("fcd", arch="mnist_cnn", every=1000)
   # Keep the best checkpoint by FCD besides the latest ones.
   config.best_checkpoint = ml_collections.ConfigDict(
       {"metric": "mnist_cnn/fcd", "mode": "min", "keep": 1}

@@ -147,7 +147,25 @@ def test_reference_is_held_out_unless_it_is_training_data(monkeypatch):
   ]:
     reference = data.Split(_split(0).image, _split(0).label, source)
     monkeypatch.setattr(data, "load", lambda *args, reference=reference: reference)
-    cfg = evaluators.settings("classifier", arch="mnist_cnn", split=split)
-    evaluator = evaluators.ClassifierEvaluator("mnist_cnn", cfg, config)
+    cfg = evaluators.settings("fcd", arch="mnist_cnn", split=split)
+    evaluator = evaluators.FCDEvaluator("mnist_cnn", cfg, config)
     assert evaluator.protocol_base["held_out_reference"] is held_out, (split, source)
     assert evaluator.protocol_base["weights_sha256"] == "0"
+
+
+def test_older_runs_fcd_evaluator_still_builds(monkeypatch):
+  """Runs made before the kind was renamed saved `kind: "classifier"` in config.json; `gan.evaluate`
+  on them builds the FCD evaluator, and an unknown kind is still an error."""
+  info = {"dataset": "mnist", "arch": "mnist_cnn", "test_accuracy": 0.5, "weights_sha256": "0"}
+  monkeypatch.setattr(classifiers, "load", lambda *args: _untrained(info))
+  monkeypatch.setattr(data, "load", lambda *args: _split(0))
+  saved = {"kind": "classifier", "arch": "mnist_cnn", "every": 500, "num_samples": 64}
+  config = ml_collections.ConfigDict(
+      {"dataset": "mnist", "data_dir": None, "evals": {"mnist_cnn": saved}}
+  )
+  built = evaluators.build(config)
+  assert isinstance(built["mnist_cnn"], evaluators.FCDEvaluator)
+  assert built["mnist_cnn"].cfg.kind == "fcd" and built["mnist_cnn"].every == 500
+  config.evals.mnist_cnn.kind = "clasifier"
+  with pytest.raises(ConfigError, match="unknown kind 'clasifier'"):
+    evaluators.build(config)

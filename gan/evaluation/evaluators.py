@@ -2,7 +2,7 @@
 
 Each entry of `config.evals` names an evaluator and its settings, e.g.
 
-  config.evals.mnist_cnn = dict(kind="classifier", every=1000, num_samples=10_000)
+  config.evals.mnist_cnn = dict(kind="fcd", every=1000, num_samples=10_000)
 
 `build(config)` turns them into objects with `every` and
 `run(generator) -> Result`; a Result holds flat scalar metrics and the
@@ -87,7 +87,7 @@ def classifier_metrics(
   return out
 
 
-class ClassifierEvaluator:
+class FCDEvaluator:
   """Metrics on the features of a classifier shipped with the project (see `classifiers`)."""
 
   def __init__(self, name: str, cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
@@ -339,7 +339,7 @@ class StackedMnistEvaluator:
 
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "classifier": dict(
+    "fcd": dict(
         every=1000,
         num_samples=10_000,
         arch="mnist_cnn",
@@ -372,8 +372,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # Settings that no longer mean anything, dropped so that the configs of older runs still load:
 # Inception Score needed a classification head that the FID weights do not have.
 _RETIRED = {"inception": ("is_splits",)}
+# Kinds renamed since, read under their new name so that older runs' config.json still load:
+# "classifier" measured FCD, and shared its word with the test-error evaluator of the semi
+# methods (`config.evals.classifier`).
+_RENAMED = {"classifier": "fcd"}
 EVALUATORS = {
-    "classifier": ClassifierEvaluator,
+    "fcd": FCDEvaluator,
     "inception": InceptionEvaluator,
     "toy2d": Toy2DEvaluator,
     "stacked_mnist": StackedMnistEvaluator,
@@ -383,6 +387,7 @@ EVALUATORS = {
 
 def settings(kind: str, **overrides: Any) -> ml_collections.ConfigDict:
   """An evaluator's config entry: its kind, the defaults for that kind, and overrides."""
+  kind = _RENAMED.get(kind, kind)
   if kind not in DEFAULTS:
     raise ConfigError(f"unknown evaluator kind {kind!r}; choose one of {sorted(DEFAULTS)}")
   overrides = {k: v for k, v in overrides.items() if k not in _RETIRED.get(kind, ())}
@@ -396,7 +401,7 @@ def build(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The evaluators of `config.evals`, by name (an optional one without its weights left out)."""
   evaluators = {}
   for name, cfg in (config.get("evals") or {}).items():
-    kind = cfg.get("kind")
+    kind = _RENAMED.get(cfg.get("kind"), cfg.get("kind"))
     if kind not in EVALUATORS:
       raise ConfigError(f"evals.{name}: unknown kind {kind!r}; choose one of {sorted(EVALUATORS)}")
     cfg = settings(**cfg.to_dict())
@@ -426,9 +431,9 @@ def default_evals(dataset: str) -> dict[str, ml_collections.ConfigDict]:
   if dataset == "stacked_mnist":
     return {"stacked_mnist": settings("stacked_mnist")}
   if dataset == "mnist":
-    return {"mnist_cnn": settings("classifier", arch="mnist_cnn")}
+    return {"mnist_cnn": settings("fcd", arch="mnist_cnn")}
   if dataset == "cifar10":
-    return {"cifar_resnet20": settings("classifier", arch="cifar_resnet20")}
+    return {"cifar_resnet20": settings("fcd", arch="cifar_resnet20")}
   raise ConfigError(f"no default evaluators for dataset {dataset!r}; add config.evals")
 
 
