@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 
@@ -76,15 +77,30 @@ def save_points_plot(points: np.ndarray, means: np.ndarray, path: str) -> str:
   return path
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch.
+
+  tensorboardX imports torch whenever it is installed (only to accept torch tensors), which
+  adds ~2 s to every training process on a machine that has torch; we write Python floats.
+  """
+  if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    try:
+      import tensorboardX  # noqa: F401, PLC0415  (slow import)
+    finally:
+      del sys.modules["torch"]
+  from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+  return SummaryWriter
+
+
 class MetricWriter:
   """Appends scalar metrics to metrics.jsonl and TensorBoard."""
 
   def __init__(self, workdir: str):
-    from tensorboardX import SummaryWriter  # noqa: PLC0415  (slow import)
-
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._jsonl = open(self.path, "a")  # noqa: SIM115  (kept open for the run)
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
     self._start_time: float | None = round(time.time(), 3)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:

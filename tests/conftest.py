@@ -19,8 +19,22 @@ os.environ["XLA_FLAGS"] = " ".join(
     ]
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent XLA compilation cache for the session: its pytest-xdist workers and the
+# processes tests start (training CLIs, kill-and-resume runs) inherit it, so a program that
+# another process already compiled (the same smoke step, by its HLO) is read, not compiled
+# again. Made by the process that starts the session, removed when it ends.
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile  # noqa: E402
+
+  _XLA_CACHE = tempfile.mkdtemp(prefix="jaxgan-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+else:
+  _XLA_CACHE = None
 
 import gc  # noqa: E402
+import shutil  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -69,6 +83,11 @@ def pytest_configure(config):
       "tfds(name): needs the prepared TFDS dataset `name` in TFDS_DATA_DIR; skipped without "
       "it, an error without it when JAXGAN_TEST_REQUIRE_DATA=1 (as in CI)",
   )
+
+
+def pytest_unconfigure(config):
+  if _XLA_CACHE:
+    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
 def pytest_runtest_setup(item):
