@@ -102,7 +102,12 @@ def test_full_configs_state_the_papers_recipes():
     assert config.best_checkpoint.metric == "cifar_resnet20/fcd"
   cpu30 = cifar10.get_config("cpu30")
   assert cpu30.num_steps // cpu30.evals.cifar_resnet20.every >= 5  # an FCD curve
-  assert "fid" not in cpu30.evals
+  # FID against the lossless test split: a curve of 2,000 samples, 5,000 (the papers') at the end.
+  curve, final = cpu30.evals.fid_2k, cpu30.evals.fid
+  assert cpu30.num_steps // curve.every >= 5 and cpu30.num_steps % final.every == 0
+  assert (curve.num_samples, final.num_samples) == (2_000, 5_000)
+  for fid in (curve, final):
+    assert (fid.split, fid.num_reference, fid.optional) == ("test", 10_000, True)
 
 
 def _finite_metrics(workdir: str) -> list[dict]:
