@@ -52,6 +52,11 @@ width 32, C's learning rate 1e-3, 2,000 steps (4 epochs), the ramps counting
   taskset -c 0 nohup python -m gan.main --config experiments/cifar10_shared_trunk.py:cpu \\
       --workdir runs/shared_trunk_cpu &
   python -m gan.main --config experiments/cifar10_shared_trunk.py:smoke --workdir /tmp/st
+
+Two changes to try against the recipe above, each a variant that combines with
+the others (`cpu,flip`): `flip` adds horizontal flips to C's translations (the
+standard CIFAR-10 augmentation, `gan.augment`), `norm` normalises the shared
+trunk (layer normalisation after each of its blocks, `gan.models.shared_trunk`).
 """
 
 from __future__ import annotations
@@ -61,12 +66,12 @@ import ml_collections
 from experiments import base, cifar10_triple_gan
 from gan.evaluation import evaluators
 
-VARIANTS = ("cpu", "smoke")
+VARIANTS = ("cpu", "smoke", "flip", "norm")
 STEPS_PER_EPOCH = cifar10_triple_gan.STEPS_PER_EPOCH
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  """Returns the experiment config; `variant` is "" (the full run), "cpu" or "smoke"."""
+  """Returns the experiment config; `variant` is "" (the full run) or a mix of VARIANTS."""
   parts = base.parse_variant(variant, VARIANTS)
   config = cifar10_triple_gan.get_config()  # the method's CIFAR-10 recipe, on other networks
   config.model.discriminator = config.model.classifier = "shared_trunk"
@@ -100,6 +105,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.log_every = 50
     config.evals.classifier.every = 250
     config.checkpoint_every = config.sample_every = 250
+  if "flip" in parts:
+    semi.classifier_augment = "translation,flip"
+  if "norm" in parts:
+    config.model.c.norm = config.model.d.norm = "layer"
   if "smoke" in parts:
     config.model.g.width = 8
     config.model.d.width = config.model.c.width = 8

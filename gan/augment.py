@@ -12,10 +12,15 @@ through T. `config.diffaugment` names T as a comma-separated policy of
                direction, zeros shifted in
   cutout       a square of half the height and width set to zero, its centre
                uniform over the image and clipped at the border
+  flip         a horizontal (left-right) mirror with probability 1/2
 
-the three operations, ranges and order of the paper's reference code
-(mit-han-lab/data-efficient-gans, DiffAugment_pytorch.py), for images in
-[-1, 1]. Each operation is affine in the image for fixed random parameters, so
+the first three are the operations, ranges and order of the paper's reference
+code (mit-han-lab/data-efficient-gans, DiffAugment_pytorch.py), for images in
+[-1, 1]. `flip` is not DiffAugment's: it is the other half of the standard
+CIFAR-10 augmentation of classifiers (random translations and horizontal
+flips, e.g. Laine & Aila 2017, "Temporal Ensembling for Semi-Supervised
+Learning", ICLR), for a classifier's policy (`config.semi.classifier_augment`).
+Each operation is affine in the image for fixed random parameters, so
 gradients reach every pixel that stays visible.
 
 The random parameters of example i come from the key `keys[i]` only, so a
@@ -33,7 +38,7 @@ from jax import lax
 
 from gan.utils import ConfigError
 
-OPERATIONS = ("color", "translation", "cutout")
+OPERATIONS = ("color", "translation", "cutout", "flip")
 
 
 def parse_policy(policy: str) -> tuple[str, ...]:
@@ -75,7 +80,11 @@ def _cutout(x: jax.Array, key: jax.Array) -> jax.Array:
   return x * keep[:, :, None]
 
 
-_FUNCTIONS = {"color": _color, "translation": _translation, "cutout": _cutout}
+def _flip(x: jax.Array, key: jax.Array) -> jax.Array:
+  return jnp.where(jax.random.bernoulli(key), x[:, ::-1, :], x)
+
+
+_FUNCTIONS = {"color": _color, "translation": _translation, "cutout": _cutout, "flip": _flip}
 
 
 def diff_augment(images: jax.Array, policy: tuple[str, ...], keys: jax.Array) -> jax.Array:

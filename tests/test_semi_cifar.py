@@ -21,7 +21,7 @@ from experiments import cifar10_shared_trunk, cifar10_triple_gan
 from gan import data, methods, models, ramps
 from gan import state as state_lib
 from gan import step as step_lib
-from gan.models import cifar_semi, whitening
+from gan.models import cifar_semi, shared_trunk, whitening
 from gan.parallel import replicate, unreplicate
 from gan.semi import labels, triple_gan
 from gan.utils import ConfigError
@@ -197,6 +197,39 @@ def test_shared_trunk_needs_matching_trunks():
   config = _shared_trunk_config()
   config.model.d.width = 8
   with pytest.raises(ConfigError, match="same trunk"):
+    _three_players(config, num_devices=1, num_steps=0)
+
+
+def test_a_normalised_trunk_normalises_each_block_and_trains_with_flips():
+  """`norm` (layer norm after each trunk block) and `flip` (C's translations and flips), the
+  two changes the shared-trunk experiment tries against its recipe."""
+  config = _shared_trunk_config()
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 32, 32, 3))
+  trunk = shared_trunk.Trunk(width=4, norm="layer")
+  variables = trunk.init(jax.random.PRNGKey(1), x, train=False)
+  _, inter = trunk.apply(variables, x, train=False, capture_intermediates=True)
+  normed = [v["__call__"][0] for k, v in inter["intermediates"].items() if k.startswith("Layer")]
+  assert len(normed) == 4  # after each block; scale 1 and bias 0 at initialisation
+  for h in normed:
+    np.testing.assert_allclose(np.mean(h, axis=(1, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.var(h, axis=(1, 2, 3)), 1.0, rtol=1e-3)
+  with_both = cifar10_shared_trunk.get_config("smoke,flip,norm")
+  assert with_both.semi.classifier_augment == "translation,flip"
+  assert with_both.model.c.norm == with_both.model.d.norm == "layer"
+  config.semi.classifier_augment = with_both.semi.classifier_augment
+  config.model.c.norm = config.model.d.norm = "layer"
+  init, (after,), metrics = _three_players(config, num_devices=1, num_steps=1)
+  assert "LayerNorm_3" in init.c.params["trunk"] and "trunk" not in init.d.params
+  assert np.isfinite(metrics["c/loss"]) and np.isfinite(metrics["d/loss"])
+  assert not np.allclose(
+      init.c.params["trunk"]["LayerNorm_0"]["scale"],
+      after.c.params["trunk"]["LayerNorm_0"]["scale"],
+  )
+  config.model.d.norm = "none"  # one trunk normalised, the other not: two different trunks
+  with pytest.raises(ConfigError, match="same trunk"):
+    _three_players(config, num_devices=1, num_steps=0)
+  config.model.c.norm = config.model.d.norm = "batch"
+  with pytest.raises(ConfigError, match="norm must be one of"):
     _three_players(config, num_devices=1, num_steps=0)
 
 

@@ -220,6 +220,17 @@ def test_diffaugment_operations_change_each_image_as_the_paper_describes():
     assert zeroed[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()
     assert 8 <= len(rows) <= 16 and 8 <= len(cols) <= 16
     np.testing.assert_array_equal(out[~zeroed], image[~zeroed])
+  # Flip: each image mirrored left-right or kept, about half of them mirrored.
+  flipped = np.asarray(augment.diff_augment(jnp.asarray(x), ("flip",), keys))
+  mirrored = [np.array_equal(out, image[:, ::-1]) for out, image in zip(flipped, x, strict=True)]
+  kept = [np.array_equal(out, image) for out, image in zip(flipped, x, strict=True)]
+  assert all(m != k for m, k in zip(mirrored, kept, strict=True)) and 0 < sum(mirrored) < 8
+  many = augment.diff_augment(jnp.tile(jnp.asarray(x[:1]), (64, 1, 1, 1)), ("flip",), _keys(64))
+  assert 20 <= int(np.sum(np.all(np.asarray(many) != x[:1], axis=(1, 2, 3)))) <= 44
+  # Adding an operation to a policy leaves the other operations' draws unchanged.
+  both = augment.diff_augment(jnp.asarray(x), ("translation", "flip"), keys)
+  for out, shifted, m in zip(np.asarray(both), moved, mirrored, strict=True):
+    np.testing.assert_array_equal(out, shifted[:, ::-1] if m else shifted)
   # Colour: brightness moves each image's mean by u - 1/2 (saturation and contrast keep it).
   colour = np.asarray(augment.diff_augment(jnp.asarray(x), ("color",), keys))
   mean_shift = colour.mean(axis=(1, 2, 3)) - x.mean(axis=(1, 2, 3))
