@@ -169,3 +169,32 @@ def test_older_runs_fcd_evaluator_still_builds(monkeypatch):
   config.evals.mnist_cnn.kind = "clasifier"
   with pytest.raises(ConfigError, match="unknown kind 'clasifier'"):
     evaluators.build(config)
+
+
+def test_a_killed_training_resumes_from_its_last_epoch_to_the_same_weights(tmp_path):
+  """The CIFAR-10 ResNet-20 trains for hours on a CPU: a kill costs at most one epoch."""
+  train_split, test_split = _split(1, n=256), _split(2, n=16)
+  args = ("mnist_cnn", train_split, test_split, "mnist")
+  whole = classifiers.train(*args, epochs=2, log=lambda s: None)
+  progress = str(tmp_path / "mnist-mnist_cnn.progress-0")
+
+  def killed_after_epoch_1(line):
+    if "epoch 1/2" in line:
+      raise KeyboardInterrupt  # as a kill would, once epoch 1 is kept
+
+  with pytest.raises(KeyboardInterrupt):
+    classifiers.train(*args, epochs=2, log=killed_after_epoch_1, progress=progress)
+  assert os.path.exists(progress)
+  lines = []
+  resumed = classifiers.train(*args, epochs=2, log=lines.append, progress=progress)
+  assert "resuming after epoch 1" in lines[0] and not any("epoch 1/2" in s for s in lines)
+  jax.tree.map(np.testing.assert_array_equal, resumed.variables, whole.variables)
+  assert resumed.info["test_accuracy"] == whole.info["test_accuracy"]
+  assert not os.path.exists(progress)  # removed once the weights exist
+  # Progress kept for other data is not silently continued.
+  with pytest.raises(KeyboardInterrupt):
+    classifiers.train(*args, epochs=2, log=killed_after_epoch_1, progress=progress)
+  with pytest.raises(ValueError, match="other data"):
+    classifiers.train(
+        "mnist_cnn", _split(3, n=256), test_split, "mnist", epochs=2, progress=progress
+    )

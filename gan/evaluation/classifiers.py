@@ -204,11 +204,15 @@ def train(
     seed: int = 0,
     epochs: int | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    progress: str | None = None,
 ) -> Classifier:
   """Trains `arch` on `train_split` with its recipe; records its accuracy on `test_split`.
 
   `epochs` overrides the recipe (for tests); the command line always uses the
-  recipe.
+  recipe. With `progress` (a file path) the state after each epoch is kept
+  there, and a training that was killed resumes from its last whole epoch with
+  the same result as one that was not (the key of every step depends on its
+  epoch and index only). The file is removed once training ends.
   """
   recipe = RECIPES[arch]
   epochs = recipe.epochs if epochs is None else epochs
@@ -238,8 +242,17 @@ def train(
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   x_device, y_device = jnp.asarray(x_train), jnp.asarray(y_train)
-  start = time.perf_counter()
-  for epoch in range(epochs):
+  kept = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
+  kept |= {"epoch": 0, "seconds": 0.0, "train_data": train_split.digest()}
+  if progress and os.path.exists(progress):
+    with open(progress, "rb") as f:
+      kept = serialization.from_bytes(kept, f.read())
+    if str(kept["train_data"]) != train_split.digest():
+      raise ValueError(f"{progress} is the progress of training on other data; remove it")
+    params, batch_stats, opt_state = kept["params"], kept["batch_stats"], kept["opt_state"]
+    log(f"classifier {dataset}-{arch}: resuming after epoch {int(kept['epoch'])} ({progress})")
+  start = time.perf_counter() - float(kept["seconds"])
+  for epoch in range(int(kept["epoch"]), epochs):
     perm = jax.random.permutation(jax.random.fold_in(key, epoch), len(x_train))
     for i in range(steps_per_epoch):
       index = perm[i * recipe.batch_size : (i + 1) * recipe.batch_size]
@@ -251,6 +264,11 @@ def train(
           y_device[index],
           jax.random.fold_in(key, epoch * steps_per_epoch + i + 1),
       )
+    if progress:
+      kept |= {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
+      kept |= {"epoch": epoch + 1, "seconds": time.perf_counter() - start}
+      with utils.replacing(progress, "wb") as f:
+        f.write(serialization.to_bytes(kept))
     log(f"classifier {dataset}-{arch}: epoch {epoch + 1}/{epochs} loss {float(loss):.4f}")
   seconds = time.perf_counter() - start
   classifier = Classifier(module, {"params": params, "batch_stats": batch_stats}, {})
@@ -277,6 +295,8 @@ def train(
       "jax_version": jax.__version__,
   }
   log(f"classifier {dataset}-{arch}: test accuracy {accuracy:.4f} ({seconds:.0f} s)")
+  if progress and os.path.exists(progress):
+    os.remove(progress)
   return classifier
 
 
@@ -286,14 +306,21 @@ def _without_path(source: str) -> str:
   return source.split(" from ")[0]
 
 
-def train_on(dataset: str, arch: str, data_dir: str | None = None, seed: int = 0) -> Classifier:
+def train_on(
+    dataset: str,
+    arch: str,
+    data_dir: str | None = None,
+    seed: int = 0,
+    progress: str | None = None,
+) -> Classifier:
   """Trains on `dataset`'s prepared TFDS train split and tests on its test split."""
   train_split = data_lib.load(dataset, "train", data_dir)
   if not train_split.source.startswith("tfds "):  # the offline MNIST sample
     raise data_lib.DatasetNotFoundError(
         f"{dataset}: no prepared TFDS data ({train_split.source}); set TFDS_DATA_DIR"
     )
-  return train(arch, train_split, data_lib.load(dataset, "test", data_dir), dataset, seed)
+  test_split = data_lib.load(dataset, "test", data_dir)
+  return train(arch, train_split, test_split, dataset, seed, progress=progress)
 
 
 def weights_name(dataset: str, arch: str) -> str:
@@ -385,8 +412,11 @@ def main(argv: list[str] | None = None) -> None:
   platform.configure_xla()  # before the first computation initialises the backend
   if args.command == "train":
     command = shlex.join(["python", "-m", "gan.evaluation.classifiers", *argv])
+    # Kept beside the weights until they are written: a killed training resumes there.
+    os.makedirs(args.out, exist_ok=True)
+    progress = os.path.join(args.out, f"{weights_name(args.dataset, arch)}.progress-{args.seed}")
     try:
-      classifier = train_on(args.dataset, arch, args.data_dir, args.seed)
+      classifier = train_on(args.dataset, arch, args.data_dir, args.seed, progress)
     except data_lib.DatasetNotFoundError as e:
       utils.fail(str(e))
     stem = save(classifier, args.out, command)
