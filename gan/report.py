@@ -41,7 +41,7 @@ _COLORS = {"divergence": "tab:red", "discriminator_wins": "tab:orange"}
 _COLORS |= {"mode_collapse": "tab:purple", "plateau": "tab:green"}
 
 
-def _series(records: list[dict[str, float]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def series(records: list[dict[str, float]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Per metric, (steps, values) of the surviving trajectory (the last record of each step wins,
   so the branch a rollback abandoned is dropped)."""
   by_step: dict[int, dict[str, float]] = {}
@@ -72,7 +72,7 @@ def load(workdir: str) -> dict[str, Any]:
   return {
       "workdir": os.path.abspath(workdir),
       "config": config,
-      "series": _series(records),
+      "series": series(records),
       "events": health.read_events(workdir),
       "samples": samples,
       "best": _best(workdir, config),
@@ -90,9 +90,9 @@ def _best(workdir: str, config: dict[str, Any]) -> dict[str, Any]:
   out: dict[str, Any] = {"metric": metric, "mode": mode, "checkpoints": steps, "step": None}
   if not metric:
     return out
-  series = _series(writers.read_metrics(workdir)) if steps else {}
-  if metric in series:
-    s, v = series[metric]
+  by_metric = series(writers.read_metrics(workdir)) if steps else {}
+  if metric in by_metric:
+    s, v = by_metric[metric]
     kept = [(step, value) for step, value in zip(s, v, strict=True) if step in steps]
     if kept:
       pick = min if mode == "min" else max
