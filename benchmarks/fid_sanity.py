@@ -21,11 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 
-import ml_collections
-import numpy as np
+from gan import platform
 
-from gan import data, utils
-from gan.evaluation import classifiers, evaluators, metrics
+platform.configure_xla()  # before JAX starts: Eigen's convolutions, as training uses
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gan import data, utils  # noqa: E402
+from gan.evaluation import classifiers, evaluators, metrics  # noqa: E402
 
 
 def _stats(features: np.ndarray) -> metrics.FeatureStats:
