@@ -70,8 +70,9 @@ def read_jsonl(path: str) -> list[dict]:
 def cache_root() -> str:
   """Where derived files are cached: `$JAXGAN_CACHE`, or ~/.cache/jaxgan.
 
-  Holds decoded dataset splits (`gan.data`) and Inception reference statistics
-  (`gan.evaluation`); safe to delete.
+  Holds decoded dataset splits (`gan.data`), Inception reference statistics
+  (`gan.evaluation`) and the per-epoch state of a classifier being trained
+  (`gan.evaluation.classifiers`); safe to delete.
   """
   return os.path.expanduser(os.environ.get("JAXGAN_CACHE", "~/.cache/jaxgan"))
 

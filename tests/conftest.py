@@ -22,7 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent XLA compilation cache for the session: its pytest-xdist workers and the
 # processes tests start (training CLIs, kill-and-resume runs) inherit it, so a program that
 # another process already compiled (the same smoke step, by its HLO) is read, not compiled
-# again. Made by the process that starts the session, removed when it ends.
+# again. Made by the process that starts the session, removed when it ends (a session
+# killed outright leaves it in the temporary directory). A size limit makes JAX lock the
+# folder (filelock) around each read and write: two processes compiling the same program
+# at once must not read each other's half-written entry.
 if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile  # noqa: E402
 
@@ -30,6 +33,7 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(16 << 30)
 else:
   _XLA_CACHE = None
 

@@ -105,6 +105,7 @@ def test_full_configs_state_the_papers_recipes():
   # FID against the lossless test split: a curve of 2,000 samples, 5,000 (the papers') at the end.
   curve, final = cpu30.evals.fid_2k, cpu30.evals.fid
   assert cpu30.num_steps // curve.every >= 5 and cpu30.num_steps % final.every == 0
+  assert cpu30.best_checkpoint.metric == "fid_2k/fid"
   assert (curve.num_samples, final.num_samples) == (2_000, 5_000)
   for fid in (curve, final):
     assert (fid.split, fid.num_reference, fid.optional) == ("test", 10_000, True)

@@ -105,10 +105,21 @@ def test_a_classifier_not_shipped_is_a_config_error(tmp_path):
 def test_the_train_command_writes_weights_and_record_that_load(tmp_path, monkeypatch, capsys):
   """`train --out DIR` writes what `load` reads, recording the command that made it."""
   trained = _untrained({"dataset": "mnist", "arch": "mnist_cnn", "test_accuracy": 0.5})
-  monkeypatch.setattr(classifiers, "train_on", lambda *args: trained)
+  monkeypatch.setenv("JAXGAN_CACHE", str(tmp_path / "cache"))
+  resume_files = []
+
+  def train_on(dataset, arch, data_dir, seed, resume_file):
+    resume_files.append(resume_file)
+    with open(resume_file, "wb"):  # the state kept after an epoch
+      pass
+    return trained
+
+  os.makedirs(tmp_path / "cache" / "classifier_training")
+  monkeypatch.setattr(classifiers, "train_on", train_on)
   out = str(tmp_path / "weights")
   classifiers.main(["train", "--dataset", "mnist", "--out", out])
   assert sorted(os.listdir(out)) == ["mnist-mnist_cnn.json", "mnist-mnist_cnn.msgpack"]
+  assert resume_files[0].startswith(str(tmp_path / "cache")) and not os.path.exists(resume_files[0])
   loaded = classifiers.load("mnist", directory=out)
   assert loaded.info["command"] == (
       f"python -m gan.evaluation.classifiers train --dataset mnist --out {out}"
@@ -176,25 +187,37 @@ def test_a_killed_training_resumes_from_its_last_epoch_to_the_same_weights(tmp_p
   train_split, test_split = _split(1, n=256), _split(2, n=16)
   args = ("mnist_cnn", train_split, test_split, "mnist")
   whole = classifiers.train(*args, epochs=2, log=lambda s: None)
-  progress = str(tmp_path / "mnist-mnist_cnn.progress-0")
+  resume_file = str(tmp_path / "training" / "mnist-mnist_cnn-seed0.msgpack")
 
   def killed_after_epoch_1(line):
     if "epoch 1/2" in line:
       raise KeyboardInterrupt  # as a kill would, once epoch 1 is kept
 
   with pytest.raises(KeyboardInterrupt):
-    classifiers.train(*args, epochs=2, log=killed_after_epoch_1, progress=progress)
-  assert os.path.exists(progress)
+    classifiers.train(*args, epochs=2, log=killed_after_epoch_1, resume_file=resume_file)
   lines = []
-  resumed = classifiers.train(*args, epochs=2, log=lines.append, progress=progress)
+  resumed = classifiers.train(*args, epochs=2, log=lines.append, resume_file=resume_file)
   assert "resuming after epoch 1" in lines[0] and not any("epoch 1/2" in s for s in lines)
   jax.tree.map(np.testing.assert_array_equal, resumed.variables, whole.variables)
   assert resumed.info["test_accuracy"] == whole.info["test_accuracy"]
-  assert not os.path.exists(progress)  # removed once the weights exist
-  # Progress kept for other data is not silently continued.
-  with pytest.raises(KeyboardInterrupt):
-    classifiers.train(*args, epochs=2, log=killed_after_epoch_1, progress=progress)
-  with pytest.raises(ValueError, match="other data"):
-    classifiers.train(
-        "mnist_cnn", _split(3, n=256), test_split, "mnist", epochs=2, progress=progress
-    )
+  assert os.path.exists(resume_file)  # the caller removes it once the weights are saved
+  # A state kept for other data, another length (the schedule's) or seed is not continued.
+  for other in [
+      dict(train_split=_split(3, n=256)),
+      dict(epochs=3),
+      dict(seed=1),
+  ]:
+    kwargs = dict(train_split=train_split, epochs=2, seed=0) | other
+    with pytest.raises(ValueError, match="not a resumable state of this training"):
+      classifiers.train(
+          "mnist_cnn",
+          kwargs.pop("train_split"),
+          test_split,
+          "mnist",
+          resume_file=resume_file,
+          **kwargs,
+      )
+  with open(resume_file, "wb") as f:
+    f.write(b"not msgpack")
+  with pytest.raises(ValueError, match="not a resumable state"):
+    classifiers.train(*args, epochs=2, resume_file=resume_file)

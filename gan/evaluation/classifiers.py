@@ -204,15 +204,16 @@ def train(
     seed: int = 0,
     epochs: int | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-    progress: str | None = None,
+    resume_file: str | None = None,
 ) -> Classifier:
   """Trains `arch` on `train_split` with its recipe; records its accuracy on `test_split`.
 
   `epochs` overrides the recipe (for tests); the command line always uses the
-  recipe. With `progress` (a file path) the state after each epoch is kept
-  there, and a training that was killed resumes from its last whole epoch with
-  the same result as one that was not (the key of every step depends on its
-  epoch and index only). The file is removed once training ends.
+  recipe. With `resume_file` the state after each epoch is kept in that file,
+  and a training that was killed resumes from its last whole epoch with the
+  same result as one that was not (the key of every step depends on its epoch
+  and index only). A file kept for other data or another recipe, seed or
+  length is refused. The caller removes it once the weights are saved.
   """
   recipe = RECIPES[arch]
   epochs = recipe.epochs if epochs is None else epochs
@@ -242,15 +243,22 @@ def train(
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   x_device, y_device = jnp.asarray(x_train), jnp.asarray(y_train)
+  # What the kept state must have been trained with to be continued here.
+  what = {"arch": arch, "seed": seed, "epochs": epochs, "train_data": train_split.digest()}
+  what["recipe"] = json.dumps(_recipe_record(recipe), sort_keys=True)
   kept = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
-  kept |= {"epoch": 0, "seconds": 0.0, "train_data": train_split.digest()}
-  if progress and os.path.exists(progress):
-    with open(progress, "rb") as f:
-      kept = serialization.from_bytes(kept, f.read())
-    if str(kept["train_data"]) != train_split.digest():
-      raise ValueError(f"{progress} is the progress of training on other data; remove it")
+  kept |= {"epoch": 0, "seconds": 0.0, "what": what}
+  if resume_file and os.path.exists(resume_file):
+    refuse = f"{resume_file} is not a resumable state of this training; remove it"
+    try:
+      with open(resume_file, "rb") as f:
+        kept = serialization.from_bytes(kept, f.read())
+    except Exception as e:  # another format or layout: a file of other code
+      raise ValueError(f"{refuse} ({type(e).__name__}: {e})") from e
+    if {k: kept["what"].get(k) for k in what} != what:
+      raise ValueError(f"{refuse}: it was kept for {kept['what']}")
     params, batch_stats, opt_state = kept["params"], kept["batch_stats"], kept["opt_state"]
-    log(f"classifier {dataset}-{arch}: resuming after epoch {int(kept['epoch'])} ({progress})")
+    log(f"classifier {dataset}-{arch}: resuming after epoch {int(kept['epoch'])} ({resume_file})")
   start = time.perf_counter() - float(kept["seconds"])
   for epoch in range(int(kept["epoch"]), epochs):
     perm = jax.random.permutation(jax.random.fold_in(key, epoch), len(x_train))
@@ -264,10 +272,11 @@ def train(
           y_device[index],
           jax.random.fold_in(key, epoch * steps_per_epoch + i + 1),
       )
-    if progress:
+    if resume_file:
       kept |= {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
       kept |= {"epoch": epoch + 1, "seconds": time.perf_counter() - start}
-      with utils.replacing(progress, "wb") as f:
+      os.makedirs(os.path.dirname(os.path.abspath(resume_file)), exist_ok=True)
+      with utils.replacing(resume_file, "wb") as f:
         f.write(serialization.to_bytes(kept))
     log(f"classifier {dataset}-{arch}: epoch {epoch + 1}/{epochs} loss {float(loss):.4f}")
   seconds = time.perf_counter() - start
@@ -286,18 +295,19 @@ def train(
       "test_accuracy": accuracy,
       "check_examples": min(CHECK_EXAMPLES, len(correct)),
       "check_accuracy": float(np.mean(correct[:CHECK_EXAMPLES])),
-      "recipe": (
-          {k: v for k, v in dataclasses.asdict(recipe).items() if k != "module"}
-          | {"module": recipe.module.__name__, "epochs": epochs}
-      ),
+      "recipe": _recipe_record(recipe) | {"epochs": epochs},
       "seed": seed,
       "train_seconds": round(seconds, 1),
       "jax_version": jax.__version__,
   }
   log(f"classifier {dataset}-{arch}: test accuracy {accuracy:.4f} ({seconds:.0f} s)")
-  if progress and os.path.exists(progress):
-    os.remove(progress)
   return classifier
+
+
+def _recipe_record(recipe: Recipe) -> dict[str, Any]:
+  return {k: v for k, v in dataclasses.asdict(recipe).items() if k != "module"} | {
+      "module": recipe.module.__name__
+  }
 
 
 def _without_path(source: str) -> str:
@@ -311,7 +321,7 @@ def train_on(
     arch: str,
     data_dir: str | None = None,
     seed: int = 0,
-    progress: str | None = None,
+    resume_file: str | None = None,
 ) -> Classifier:
   """Trains on `dataset`'s prepared TFDS train split and tests on its test split."""
   train_split = data_lib.load(dataset, "train", data_dir)
@@ -320,7 +330,7 @@ def train_on(
         f"{dataset}: no prepared TFDS data ({train_split.source}); set TFDS_DATA_DIR"
     )
   test_split = data_lib.load(dataset, "test", data_dir)
-  return train(arch, train_split, test_split, dataset, seed, progress=progress)
+  return train(arch, train_split, test_split, dataset, seed, resume_file=resume_file)
 
 
 def weights_name(dataset: str, arch: str) -> str:
@@ -412,14 +422,16 @@ def main(argv: list[str] | None = None) -> None:
   platform.configure_xla()  # before the first computation initialises the backend
   if args.command == "train":
     command = shlex.join(["python", "-m", "gan.evaluation.classifiers", *argv])
-    # Kept beside the weights until they are written: a killed training resumes there.
-    os.makedirs(args.out, exist_ok=True)
-    progress = os.path.join(args.out, f"{weights_name(args.dataset, arch)}.progress-{args.seed}")
+    # The state after each epoch, kept until the weights are saved: a killed training resumes.
+    name = f"{weights_name(args.dataset, arch)}-seed{args.seed}.msgpack"
+    resume_file = os.path.join(utils.cache_root(), "classifier_training", name)
     try:
-      classifier = train_on(args.dataset, arch, args.data_dir, args.seed, progress)
-    except data_lib.DatasetNotFoundError as e:
+      classifier = train_on(args.dataset, arch, args.data_dir, args.seed, resume_file)
+    except (data_lib.DatasetNotFoundError, ValueError) as e:
       utils.fail(str(e))
     stem = save(classifier, args.out, command)
+    if os.path.exists(resume_file):
+      os.remove(resume_file)
     print(json.dumps(classifier.info, indent=2, sort_keys=True))
     print(f"wrote {stem}.msgpack and {stem}.json")
     return
