@@ -81,7 +81,8 @@ def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without PyTorch.
 
   tensorboardX imports torch whenever it is installed (only to accept torch tensors), which
-  adds ~2 s to every training process on a machine that has torch; we write Python floats.
+  slows the start of every training process on a machine that has torch (measured in
+  benchmarks/README.md); we write Python floats.
   """
   if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
     sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError

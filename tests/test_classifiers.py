@@ -183,7 +183,7 @@ def test_older_runs_fcd_evaluator_still_builds(monkeypatch):
 
 
 def test_a_killed_training_resumes_from_its_last_epoch_to_the_same_weights(tmp_path):
-  """The CIFAR-10 ResNet-20 trains for hours on a CPU: a kill costs at most one epoch."""
+  """A classifier's training (long on a CPU) that is killed loses at most one epoch."""
   train_split, test_split = _split(1, n=256), _split(2, n=16)
   args = ("mnist_cnn", train_split, test_split, "mnist")
   whole = classifiers.train(*args, epochs=2, log=lambda s: None)
