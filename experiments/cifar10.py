@@ -58,9 +58,8 @@ on one CPU core from the measured step costs (benchmarks/README.md):
 cpu30 keeps the recipe (hinge, n_critic 5, Adam (0, 0.9), linear decay, EMA,
 batch 64) with G and D 32 channels wide and 900 generator steps. Every 150
 steps: sample grids, the FID of 2,000 samples against the 10,000 test images
-(the best checkpoint is kept by it), and the FCD of 10,000 samples once the
-project's CIFAR-10 classifier is shipped (until then that evaluator is left
-out with a warning); at the end the FID of 5,000 samples against the test
+(the best checkpoint is kept by it) and the FCD of 10,000 samples in the
+project's CIFAR-10 ResNet-20; at the end the FID of 5,000 samples against the test
 images (the papers' counts). On a CPU the FID evaluations, and the test
 images' Inception statistics computed before the first step of a machine's
 first run, cost more than the training; measured times: docs/results.md.
