@@ -23,9 +23,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # processes tests start (training CLIs, kill-and-resume runs) inherit it, so a program that
 # another process already compiled (the same smoke step, by its HLO) is read, not compiled
 # again. Made by the process that starts the session, removed when it ends (a session
-# killed outright leaves it in the temporary directory). A size limit makes JAX lock the
-# folder (filelock) around each read and write: two processes compiling the same program
-# at once must not read each other's half-written entry.
+# killed outright leaves it in the temporary directory). No size limit: with one, JAX
+# locks the folder and reads every entry's size and access time on each write; a session
+# writes thousands of entries, so the suite's time grew with the square of their number
+# (benchmarks/README.md, "The test suite"). Without the lock a reader may catch an entry while
+# another process writes it; JAX then treats it as a miss (a warning) and compiles.
 if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile  # noqa: E402
 
@@ -33,7 +35,6 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
-  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(16 << 30)
 else:
   _XLA_CACHE = None
 
