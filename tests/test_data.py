@@ -183,7 +183,10 @@ def test_the_split_cache_follows_the_dataset_files(tmp_path, monkeypatch, capsys
   record = files / "fake-train.tfrecord-00000-of-00001"
   record.write_bytes(b"y" * 11)  # re-prepared: another size
   assert data.load("fake", "train", root).image.max() == 3 and len(reads) == 3
-  os.utime(record, ns=(1, 1))  # the same size, another modification time
+  os.utime(record, ns=(1, 1))  # the same files, copied or provisioned again: still cached
+  assert data.load("fake", "train", root).image.max() == 3 and len(reads) == 3
+  record.write_bytes(b"z" * 11)  # the same size and modification time, other content
+  os.utime(record, ns=(1, 1))
   assert data.load("fake", "train", root).image.max() == 4
   (files / "dataset_info.json").write_text('{"version": 1}')
   assert data.load("fake", "train", root).image.max() == 5
