@@ -2,7 +2,7 @@
 
 Scores a checkpoint of a run with the evaluators of its config (or, for runs
 whose config declares none, the default evaluators of its dataset; with
---inception also FID, KID, IS and precision/recall on FID-Inception features)
+--inception also FID, KID and precision/recall on FID-Inception features)
 and writes
 `W/eval.json`: {"step", "checkpoint", <eval name>: {<metric>: value,
 "protocol": {...}[, "details": {...}]}}. Errors are one line on stderr with exit status 2.
@@ -27,7 +27,7 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a
 _RAW = flags.DEFINE_bool("raw", False, "Score the raw generator instead of its EMA.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Override every evaluator's sample count.")
 _INCEPTION = flags.DEFINE_bool(
-    "inception", False, "Also compute FID/KID/IS/PR with the FID InceptionV3 (needs its weights)."
+    "inception", False, "Also compute FID/KID/PR with the FID InceptionV3 (needs its weights)."
 )
 flags.mark_flags_as_required(["workdir"])
 

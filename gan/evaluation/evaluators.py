@@ -15,7 +15,7 @@ so a number here can be reproduced from the .npz by anyone.
 
 An "inception" entry with `optional=True` is left out, with a one-line
 warning, when the FID Inception weights are not installed, so a config can
-declare FID/IS for the machines that have the weights and still run where
+declare FID for the machines that have the weights and still run where
 they are missing; `gan.evaluate --inception` always requires them.
 """
 
