@@ -29,7 +29,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gan import data, utils  # noqa: E402
-from gan.evaluation import classifiers, evaluators, metrics  # noqa: E402
+from gan.evaluation import evaluators, metrics  # noqa: E402
 
 
 def _stats(features: np.ndarray) -> metrics.FeatureStats:
@@ -62,11 +62,11 @@ def main() -> None:
 
   def features(key: str, images: np.ndarray) -> np.ndarray:
     folder = os.path.join(utils.cache_root(), "fid_sanity", f"{key}-{evaluator.sha256[:16]}")
-    fn, batch_size = evaluator.feature_fn, evaluator.cfg.batch_size
-    return evaluators.cached_features(fn, images, batch_size, folder, key)
+    batch_size = evaluator.cfg.batch_size
+    return evaluators.cached_features(evaluator.extract, images, batch_size, folder, key)
 
   test_images = data.load("cifar10", "test").image
-  one = classifiers.batched(evaluator.feature_fn, test_images[:1], evaluator.cfg.batch_size)
+  one = evaluator.extract(test_images[:1], evaluator.cfg.batch_size)
   row("one test image repeated", np.repeat(one["pool3"], n, axis=0))
   rng = np.random.default_rng(args.seed)
   noise = np.clip(np.round(127.5 + 64.0 * rng.standard_normal((n, 32, 32, 3))), 0, 255)

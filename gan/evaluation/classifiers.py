@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
-from tqdm.auto import tqdm
 
 from gan import data as data_lib
 from gan import platform, utils
+from gan.evaluation import sharded
 from gan.utils import ConfigError
 
 
@@ -135,50 +135,24 @@ class Classifier:
   info: dict[str, Any]
 
   def __post_init__(self):
-    module, variables = self.module, self.variables
+    module = self.module
 
-    @jax.jit
-    def apply(images: jax.Array) -> tuple[jax.Array, jax.Array]:
-      return module.apply(variables, data_lib.to_float(images), train=False)
+    def apply(variables: Any, images: jax.Array) -> dict[str, jax.Array]:
+      logits, features = module.apply(variables, data_lib.to_float(images), train=False)
+      return {"logits": logits, "features": features}
 
-    self._apply = apply
+    self._extract = sharded.ShardedFeatures(apply, self.variables)
 
   def __call__(
       self, images: np.ndarray, batch_size: int = 500, progress: str | None = None
   ) -> tuple[np.ndarray, np.ndarray]:
     """Logits and penultimate features for uint8 images (N, H, W, C), in batches.
 
-    With `progress`, a bar of that title shows if it takes more than a few seconds.
+    Each batch is split over the local devices. With `progress`, a bar of that
+    title shows if it takes more than a few seconds.
     """
-    apply = lambda x: dict(zip(("logits", "features"), self._apply(x), strict=True))  # noqa: E731
-    out = batched(apply, np.asarray(images), batch_size, progress)
+    out = self._extract(images, batch_size, progress)
     return out["logits"], out["features"]
-
-
-def batched(
-    fn, images: np.ndarray, batch_size: int, progress: str | None = None
-) -> dict[str, np.ndarray]:
-  """Applies `fn` (fixed batch size: one compilation) to all images, padding the last batch.
-
-  With `progress`, a bar of that title shows if it takes more than a few seconds.
-  """
-  out: dict[str, list[np.ndarray]] = {}
-  with tqdm(
-      total=len(images),
-      desc=progress,
-      unit=" images",
-      disable=progress is None,
-      delay=3.0,
-      mininterval=utils.progress_interval(),
-  ) as bar:
-    for start in range(0, len(images), batch_size):
-      chunk = images[start : start + batch_size]
-      pad = batch_size - len(chunk)
-      padded = np.pad(chunk, ((0, pad),) + ((0, 0),) * (chunk.ndim - 1)) if pad else chunk
-      for k, v in fn(padded).items():
-        out.setdefault(k, []).append(np.asarray(v)[: len(chunk)])
-      bar.update(len(chunk))
-  return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def _augment(key: jax.Array, images: jax.Array, recipe: Recipe) -> jax.Array:

@@ -32,7 +32,7 @@ import numpy as np
 
 from gan import data as data_lib
 from gan import toy2d, utils, writers
-from gan.evaluation import classifiers, inception, metrics, test_error
+from gan.evaluation import classifiers, inception, metrics, sharded, test_error
 from gan.evaluation.views import Generator, Result
 from gan.utils import ConfigError
 
@@ -159,7 +159,7 @@ class InceptionEvaluator:
     self.name, self.cfg = name, cfg
     variables = inception.load_variables(cfg.weights)
     self.sha256 = inception.weights_sha256(cfg.weights)
-    self.feature_fn = inception.make_feature_fn(variables)
+    self.extract = sharded.ShardedFeatures(inception.features, variables)
     self.dataset = cfg.get("dataset", None) or config.dataset
     self.reference = self._reference(config.data_dir)
 
@@ -188,7 +188,7 @@ class InceptionEvaluator:
     images = split.image[: cfg.num_reference]
     label = f"{self.name}: Inception features of {split.source}"
     features = cached_features(
-        self.feature_fn, images, cfg.batch_size, path + ".chunks" if where else None, label
+        self.extract, images, cfg.batch_size, path + ".chunks" if where else None, label
     )
     stats = metrics.FeatureStats(keep=cfg.pr_samples)
     stats.update(features)
@@ -209,11 +209,17 @@ class InceptionEvaluator:
 
   def run(self, generator: Generator) -> Result:
     cfg = self.cfg
-    stats = metrics.FeatureStats(keep=max(cfg.pr_samples, cfg.kid_subset_size))
-    for start in range(0, cfg.num_samples, 10 * cfg.batch_size):
-      num = min(10 * cfg.batch_size, cfg.num_samples - start)
-      images = writers.to_uint8(generator.outputs(num, cfg.seed + start))
-      stats.update(classifiers.batched(self.feature_fn, images, cfg.batch_size)["pool3"])
+    # Chunks of samples drawn with seeds by position: each process draws and extracts its
+    # share, and all hold the statistics of all `num_samples` (`sharded.share_stats`).
+    stats = sharded.share_stats(
+        self.extract,
+        lambda start, num: writers.to_uint8(generator.outputs(num, cfg.seed + start)),
+        cfg.num_samples,
+        10 * cfg.batch_size,
+        "pool3",
+        cfg.batch_size,
+        keep=max(cfg.pr_samples, cfg.kid_subset_size),
+    )
     ref = self.reference
     fid = metrics.frechet_distance(ref["mean"], ref["cov"], stats.mean, stats.cov)
     kid, kid_std = metrics.kernel_distance(
@@ -246,9 +252,10 @@ class InceptionEvaluator:
 
 
 def cached_features(
-    feature_fn, images: np.ndarray, batch_size: int, folder: str | None, label: str
+    extract, images: np.ndarray, batch_size: int, folder: str | None, label: str
 ) -> np.ndarray:
-  """pool3 features of `images`, 10 batches at a time, each chunk kept in `folder` (None: not).
+  """pool3 features of `images` by `extract(images, batch_size)` (`sharded.ShardedFeatures`),
+  10 batches at a time, each chunk kept in `folder` (None: not).
 
   A chunk already in `folder` is read instead of computed, so a computation that was
   interrupted resumes; the caller removes the folder once it has what it needs.
@@ -260,7 +267,7 @@ def cached_features(
     cached = utils.load_npz(path, ("pool3",)) if path else None
     if cached is None:
       chunk = images[start : start + chunk_size]
-      cached = classifiers.batched(feature_fn, chunk, batch_size)
+      cached = extract(chunk, batch_size)
       try:
         if path:
           utils.save_npz(path, pool3=cached["pool3"])

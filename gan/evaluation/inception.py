@@ -327,7 +327,8 @@ def preprocess(images: Any, quantize: bool = True) -> jax.Array:
 
 
 @jax.jit
-def _features(variables: Variables, images: jax.Array) -> dict[str, jax.Array]:
+def features(variables: Variables, images: jax.Array) -> dict[str, jax.Array]:
+  """pool3 features of `images` (anything `preprocess` takes): {"pool3": (N, 2048)}."""
   # One jitted function for preprocessing and network, so every feature fn shares it.
   return {"pool3": FIDInceptionV3().apply(variables, preprocess(images))}
 
@@ -339,7 +340,7 @@ def make_feature_fn(variables: Variables) -> FeatureFn:
   dtype, so callers should feed batches of one fixed size. The variables are passed to the
   compiled function as arguments, not baked into it as ~87 MB of constants.
   """
-  return functools.partial(_features, jax.device_put(variables))
+  return functools.partial(features, jax.device_put(variables))
 
 
 @functools.cache

@@ -1,22 +1,20 @@
 """Feature extraction over every local device, with statistics reduced once per run.
 
-For evaluators that push many images through a feature network (Inception
-for FID, the project's classifiers):
+The evaluators push their images through a feature network (the FID
+Inception, the project's classifiers) with `ShardedFeatures`, which splits
+each batch over this process's devices: the variables are copied to each
+device once and the images sharded along the batch (per-example networks
+need no communication). Generated samples are streamed, so a 50,000-sample
+FID holds one chunk of images and a d x d matrix, never all the features:
 
-  extract = sharded.ShardedFeatures(fn, variables)       # fn(variables, images) -> pytree
-  share = sharded.process_share(num_samples)             # this process's samples
-  stats = sharded.feature_stats(extract, chunks, "pool3", batch_size, keep=pr_samples)
-  stats = sharded.reduce_stats(stats)                    # the same moments in every process
+  extract = sharded.ShardedFeatures(fn, variables)     # fn(variables, images) -> pytree
+  stats = sharded.share_stats(extract, make_chunk, num, chunk_size, "pool3", batch_size, keep=k)
 
-`ShardedFeatures` splits each batch over this process's devices (the
-variables are copied to each device once, the images sharded along the
-batch; per-example networks need no communication). `feature_stats` streams
-chunks of images (an iterator: generated or read on demand) into float64 running
-moments (`metrics.FeatureStats`), so a 50,000-sample FID holds one chunk of
-images and a d x d matrix, never all the features. `reduce_stats` sums the
-moments of every process's share, bit-exactly and in process order, so each
-process extracts only its share and all of them hold the same statistics; rows
-kept for KID and precision/recall stay those of the process's own share.
+`share_stats` has each process make and extract only its share of the chunks
+(`process_share`), then `reduce_stats` sums the float64 moments of all shares
+in process order and gathers the kept rows (for KID and precision/recall), so
+every process holds the same statistics: those of the first `keep` samples
+and of all `num`, whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -28,7 +26,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
 
+from gan import utils
 from gan.evaluation import metrics
 
 AXIS = "batch"
@@ -54,19 +54,42 @@ class ShardedFeatures:
     n = len(self.devices)
     return -(-batch_size // n) * n
 
-  def __call__(self, images: np.ndarray, batch_size: int) -> Any:
-    """Features of all `images`, in batches of one size (one compilation), the last one padded."""
-    batch_size = self.batch_size(batch_size)
-    images = np.asarray(images)
-    out = []
+  def __call__(self, images: np.ndarray, batch_size: int, progress: str | None = None) -> Any:
+    """Features of all `images`, in batches of one size (one compilation), the last one padded.
+
+    With `progress`, a bar of that title shows if it takes more than a few seconds.
+    """
+    apply = lambda x: self._apply(self.variables, jax.device_put(x, self._images))  # noqa: E731
+    return batched(apply, images, self.batch_size(batch_size), progress)
+
+
+def batched(fn, images: np.ndarray, batch_size: int, progress: str | None = None) -> Any:
+  """`fn` (fixed batch size: one compilation) on all `images`, the last batch padded.
+
+  `fn` returns a pytree of arrays with the batch first; so does this, over all images.
+  With `progress`, a bar of that title shows if it takes more than a few seconds.
+  """
+  images = np.asarray(images)
+  if not len(images):
+    raise ValueError("no images to extract features from")
+  out = []
+  with tqdm(
+      total=len(images),
+      desc=progress,
+      unit=" images",
+      disable=progress is None,
+      delay=3.0,
+      mininterval=utils.progress_interval(),
+  ) as bar:
     for start in range(0, len(images), batch_size):
       chunk = images[start : start + batch_size]
       pad = batch_size - len(chunk)
       if pad:
         chunk = np.pad(chunk, ((0, pad),) + ((0, 0),) * (chunk.ndim - 1))
-      features = self._apply(self.variables, jax.device_put(chunk, self._images))
+      features = fn(chunk)
       out.append(jax.tree.map(lambda x, n=batch_size - pad: np.asarray(x)[:n], features))
-    return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
+      bar.update(batch_size - pad)
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
 
 def feature_stats(
@@ -91,6 +114,31 @@ def process_share(num: int, index: int | None = None, count: int | None = None) 
   return range(num * index // count, num * (index + 1) // count)
 
 
+def share_stats(
+    extract: ShardedFeatures,
+    make_chunk: Callable[[int, int], np.ndarray],
+    num: int,
+    chunk_size: int,
+    key: str | None,
+    batch_size: int,
+    keep: int = 0,
+    index: int | None = None,
+    count: int | None = None,
+    gather: Callable[[np.ndarray], list[np.ndarray]] | None = None,
+) -> metrics.FeatureStats:
+  """Statistics of the features of `num` images, made by `make_chunk(start, size)`.
+
+  The images are cut into chunks of `chunk_size` at the same places whatever the
+  number of processes; process `index` of `count` (default: this one of all) makes
+  and extracts its share of the chunks, and the shares are reduced over the processes
+  (`reduce_stats`, with `gather`), so each process holds the statistics of all `num`.
+  """
+  starts = list(range(0, num, chunk_size))
+  mine = [starts[i] for i in process_share(len(starts), index, count)]
+  chunks = (make_chunk(start, min(chunk_size, num - start)) for start in mine)
+  return reduce_stats(feature_stats(extract, chunks, key, batch_size, keep), gather)
+
+
 def sum_in_order(parts: list[np.ndarray]) -> np.ndarray:
   """Sum of float64 arrays in list order (the same bits wherever it is computed)."""
   total = np.zeros_like(parts[0], np.float64)
@@ -113,10 +161,13 @@ def reduce_stats(
     stats: metrics.FeatureStats,
     gather: Callable[[np.ndarray], list[np.ndarray]] | None = None,
 ) -> metrics.FeatureStats:
-  """`stats` with the moments of every process's summed into it (identity with one process).
+  """`stats` with every process's moments summed into it and the kept rows gathered.
 
-  `gather` collects an array from every process in process order (default:
-  JAX's multi-process all-gather); tests pass their own.
+  The kept rows become the first `stats.keep` of all processes' kept rows in
+  process order: with contiguous shares (`process_share`), the same rows as one
+  process would keep. Identity with one process. `gather` collects a float64
+  array from every process in process order (default: JAX's multi-process
+  all-gather); tests pass their own.
   """
   if gather is None:
     if jax.process_count() == 1:
@@ -127,4 +178,14 @@ def reduce_stats(
   stats._sum = sum_in_order(gather(stats._sum))
   stats._outer = sum_in_order(gather(stats._outer))
   stats.count = int(count[0])
+  if stats.keep:
+    # Every process sends `keep` rows (its own, then zeros) and how many are its own.
+    mine = stats.features
+    dim = stats._sum.shape[0]
+    padded = np.zeros((stats.keep, dim), np.float64)
+    padded[: len(mine)] = mine
+    nums = gather(np.asarray([len(mine)], np.float64))
+    rows = [r[: int(n[0])] for r, n in zip(gather(padded), nums, strict=True)]
+    kept = np.concatenate(rows)[: stats.keep].astype(np.float32)  # float32 -> 64 -> 32: exact
+    stats._kept, stats._num_kept = [kept], len(kept)
   return stats
