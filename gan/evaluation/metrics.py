@@ -1,4 +1,4 @@
-"""Metric math on feature arrays: Fréchet distance, KID, IS, precision/recall, density/coverage.
+"""Metric math on feature arrays: Fréchet distance, KID, precision/recall, density/coverage.
 
 Everything here takes features already extracted (by Inception, a domain
 classifier, or raw 2D points) and returns plain floats. Covariances and the
@@ -7,8 +7,7 @@ JAX in row blocks, so 50,000 x 2,048 features never need an N x N matrix.
 
 References: FID (Heusel et al. 2017); KID (Bińkowski et al. 2018, unbiased
 MMD^2 with the cubic polynomial kernel, averaged over random subsets as in
-stylegan2-ada's `kernel_inception_distance`, 100 subsets of 1,000); Inception
-Score (Salimans et al. 2016, 10 splits); improved precision and recall
+stylegan2-ada's `kernel_inception_distance`, 100 subsets of 1,000); improved precision and recall
 (Kynkäänniemi et al. 2019, k=3); density and coverage (Naeem et al. 2020, k=5).
 """
 
@@ -111,18 +110,6 @@ def kernel_distance(
     within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
     values.append(within - 2.0 * kxy.mean())
   return float(np.mean(values)), float(np.std(values))
-
-
-def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
-  """exp(E_x KL(p(y|x) || p(y))) on each of `splits` chunks; mean and std over chunks."""
-  logits = np.asarray(logits, np.float64)
-  log_p = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-  scores = []
-  for part in np.array_split(log_p, splits):
-    log_marginal = np.log(np.mean(np.exp(part), axis=0))
-    kl = np.sum(np.exp(part) * (part - log_marginal), axis=1)
-    scores.append(np.exp(np.mean(kl)))
-  return float(np.mean(scores)), float(np.std(scores))
 
 
 def pairwise_sq_dist(a: jax.Array, b: jax.Array) -> jax.Array:
