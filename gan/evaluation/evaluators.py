@@ -219,6 +219,7 @@ class InceptionEvaluator:
         "pool3",
         cfg.batch_size,
         keep=max(cfg.pr_samples, cfg.kid_subset_size),
+        progress=f"evals.{self.name}: Inception features of {cfg.num_samples:,} samples",
     )
     ref = self.reference
     fid = metrics.frechet_distance(ref["mean"], ref["cov"], stats.mean, stats.cov)

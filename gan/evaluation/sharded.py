@@ -125,6 +125,7 @@ def share_stats(
     index: int | None = None,
     count: int | None = None,
     gather: Callable[[np.ndarray], list[np.ndarray]] | None = None,
+    progress: str | None = None,
 ) -> metrics.FeatureStats:
   """Statistics of the features of `num` images, made by `make_chunk(start, size)`.
 
@@ -132,11 +133,28 @@ def share_stats(
   number of processes; process `index` of `count` (default: this one of all) makes
   and extracts its share of the chunks, and the shares are reduced over the processes
   (`reduce_stats`, with `gather`), so each process holds the statistics of all `num`.
+  With `progress`, process 0 shows a bar of that title if it takes more than a few seconds.
   """
+  index = jax.process_index() if index is None else index
   starts = list(range(0, num, chunk_size))
   mine = [starts[i] for i in process_share(len(starts), index, count)]
-  chunks = (make_chunk(start, min(chunk_size, num - start)) for start in mine)
-  return reduce_stats(feature_stats(extract, chunks, key, batch_size, keep), gather)
+  sizes = [min(chunk_size, num - start) for start in mine]
+  with tqdm(
+      total=sum(sizes),
+      desc=progress,
+      unit=" images",
+      disable=progress is None or index != 0,
+      delay=3.0,
+      mininterval=utils.progress_interval(),
+  ) as bar:
+
+    def chunks():
+      for start, size in zip(mine, sizes, strict=True):
+        yield make_chunk(start, size)
+        bar.update(size)  # counted once the previous chunk's features are in
+
+    stats = feature_stats(extract, chunks(), key, batch_size, keep)
+  return reduce_stats(stats, gather)
 
 
 def sum_in_order(parts: list[np.ndarray]) -> np.ndarray:
