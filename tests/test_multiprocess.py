@@ -196,7 +196,9 @@ made = []
 def make_chunk(start, num):
   made.append(start)
   return images[start : start + num]
-stats = sharded.share_stats(extract, make_chunk, 40, 6, "f", 4, keep=15)
+stats = sharded.share_stats(extract, make_chunk, 40, 6, "f", 4, keep=20)
+one = sharded.share_stats(extract, make_chunk, 6, 6, "f", 4, keep=3)  # process 0: no chunk
+assert one.count == 6 and one.features.shape == (3, 5)
 np.savez(sys.argv[3], made=made, devices=len(extract.devices), count=stats.count,
          mean=stats.mean, cov=stats.cov, features=stats.features)
 """
@@ -225,19 +227,19 @@ def test_two_processes_share_evaluation_and_hold_the_same_statistics(tmp_path):
         p.kill()
   assert [p.returncode for p in processes] == [0, 0], outs
   held = [dict(np.load(tmp_path / f"{i}.npz")) for i in range(2)]
-  assert [h["made"].tolist() for h in held] == [[0, 6, 12], [18, 24, 30, 36]]
+  assert [h["made"].tolist() for h in held] == [[0, 6, 12], [18, 24, 30, 36, 0]]
   assert [int(h["devices"]) for h in held] == [2, 2]
   for key in ("count", "mean", "cov", "features"):  # bit-identical in both processes
     np.testing.assert_array_equal(held[0][key], held[1][key])
 
   # One process on 2 devices: the same moments (its float64 sums are added in another
-  # order: equal to rounding) and exactly the same kept rows, 12 of them from process 0.
+  # order: equal to rounding) and exactly the same kept rows, 18 of them from process 0.
   rng = np.random.default_rng(1)
   w = rng.normal(size=(3, 5)).astype(np.float32)
   images = rng.normal(size=(40, 3)).astype(np.float32)
   fn = lambda w, x: {"f": jax.numpy.tanh(x @ w)}  # noqa: E731
   extract = sharded.ShardedFeatures(fn, w, jax.devices()[:2])
-  alone = sharded.share_stats(extract, lambda s, n: images[s : s + n], 40, 6, "f", 4, keep=15)
+  alone = sharded.share_stats(extract, lambda s, n: images[s : s + n], 40, 6, "f", 4, keep=20)
   assert int(held[0]["count"]) == alone.count == 40
   np.testing.assert_allclose(held[0]["mean"], alone.mean, rtol=1e-12)
   np.testing.assert_allclose(held[0]["cov"], alone.cov, rtol=1e-10, atol=1e-15)

@@ -135,13 +135,15 @@ class Classifier:
   info: dict[str, Any]
 
   def __post_init__(self):
-    module = self.module
+    module, variables = self.module, self.variables
 
-    def apply(variables: Any, images: jax.Array) -> dict[str, jax.Array]:
+    # The (small) variables stay compile-time constants, as before: passed as arguments,
+    # XLA folds differently and the features change in the last bits.
+    def apply(_: Any, images: jax.Array) -> dict[str, jax.Array]:
       logits, features = module.apply(variables, data_lib.to_float(images), train=False)
       return {"logits": logits, "features": features}
 
-    self._extract = sharded.ShardedFeatures(apply, self.variables)
+    self._extract = sharded.ShardedFeatures(apply, {})
 
   def __call__(
       self, images: np.ndarray, batch_size: int = 500, progress: str | None = None

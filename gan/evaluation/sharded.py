@@ -133,15 +133,17 @@ def share_stats(
   number of processes; process `index` of `count` (default: this one of all) makes
   and extracts its share of the chunks, and the shares are reduced over the processes
   (`reduce_stats`, with `gather`), so each process holds the statistics of all `num`.
-  With `progress`, process 0 shows a bar of that title if it takes more than a few seconds.
+  With `progress`, process 0 shows a bar of that title (and of its share, with several
+  processes) if it takes more than a few seconds.
   """
   index = jax.process_index() if index is None else index
   starts = list(range(0, num, chunk_size))
   mine = [starts[i] for i in process_share(len(starts), index, count)]
   sizes = [min(chunk_size, num - start) for start in mine]
+  count = jax.process_count() if count is None else count
   with tqdm(
       total=sum(sizes),
-      desc=progress,
+      desc=f"{progress}, process 0's share" if progress and count > 1 else progress,
       unit=" images",
       disable=progress is None or index != 0,
       delay=3.0,
@@ -192,16 +194,23 @@ def reduce_stats(
       return stats
     gather = _allgather_float64
   # FeatureStats' moments, replaced in place by their sums (it has no merge of its own).
-  count = sum_in_order(gather(np.asarray([stats.count], np.float64)))
+  # The feature size too: a process whose share is empty has no moments yet, and every
+  # process must gather arrays of the same shapes.
+  dim = 0 if stats._sum is None else len(stats._sum)
+  heads = gather(np.asarray([stats.count, dim], np.float64))
+  dim = int(max(h[1] for h in heads))
+  if stats._sum is None:
+    stats._sum, stats._outer = np.zeros(dim), np.zeros((dim, dim))
   stats._sum = sum_in_order(gather(stats._sum))
   stats._outer = sum_in_order(gather(stats._outer))
-  stats.count = int(count[0])
+  stats.count = int(sum_in_order([h[:1] for h in heads])[0])
   if stats.keep:
-    # Every process sends `keep` rows (its own, then zeros) and how many are its own.
+    # Every process sends `keep` rows (its own, then zeros) and how many are its own. (The
+    # rows of process 0 alone often suffice; the others still need them, so all send.)
     mine = stats.features
-    dim = stats._sum.shape[0]
     padded = np.zeros((stats.keep, dim), np.float64)
-    padded[: len(mine)] = mine
+    if len(mine):
+      padded[: len(mine)] = mine
     nums = gather(np.asarray([len(mine)], np.float64))
     rows = [r[: int(n[0])] for r, n in zip(gather(padded), nums, strict=True)]
     kept = np.concatenate(rows)[: stats.keep].astype(np.float32)  # float32 -> 64 -> 32: exact
