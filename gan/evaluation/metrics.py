@@ -7,8 +7,9 @@ JAX in row blocks, so 50,000 x 2,048 features never need an N x N matrix.
 
 References: FID (Heusel et al. 2017); KID (Bińkowski et al. 2018, unbiased
 MMD^2 with the cubic polynomial kernel, averaged over random subsets as in
-stylegan2-ada's `kernel_inception_distance`, 100 subsets of 1,000); improved precision and recall
-(Kynkäänniemi et al. 2019, k=3); density and coverage (Naeem et al. 2020, k=5).
+stylegan2-ada's `kernel_inception_distance`, 100 subsets of 1,000); improved
+precision and recall (Kynkäänniemi et al. 2019, k=3); density and coverage
+(Naeem et al. 2020, k=5).
 """
 
 from __future__ import annotations

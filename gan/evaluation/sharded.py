@@ -73,14 +73,7 @@ def batched(fn, images: np.ndarray, batch_size: int, progress: str | None = None
   if not len(images):
     raise ValueError("no images to extract features from")
   out = []
-  with tqdm(
-      total=len(images),
-      desc=progress,
-      unit=" images",
-      disable=progress is None,
-      delay=3.0,
-      mininterval=utils.progress_interval(),
-  ) as bar:
+  with _bar(len(images), progress) as bar:
     for start in range(0, len(images), batch_size):
       chunk = images[start : start + batch_size]
       pad = batch_size - len(chunk)
@@ -90,6 +83,18 @@ def batched(fn, images: np.ndarray, batch_size: int, progress: str | None = None
       out.append(jax.tree.map(lambda x, n=batch_size - pad: np.asarray(x)[:n], features))
       bar.update(batch_size - pad)
   return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
+
+
+def _bar(total: int, title: str | None) -> tqdm:
+  """A bar of images, shown after 3 s if it has a title (a line every 30 s in a log file)."""
+  return tqdm(
+      total=total,
+      desc=title,
+      unit=" images",
+      disable=title is None,
+      delay=3.0,
+      mininterval=utils.progress_interval(),
+  )
 
 
 def feature_stats(
@@ -137,18 +142,15 @@ def share_stats(
   processes) if it takes more than a few seconds.
   """
   index = jax.process_index() if index is None else index
+  count = jax.process_count() if count is None else count
   starts = list(range(0, num, chunk_size))
   mine = [starts[i] for i in process_share(len(starts), index, count)]
   sizes = [min(chunk_size, num - start) for start in mine]
-  count = jax.process_count() if count is None else count
-  with tqdm(
-      total=sum(sizes),
-      desc=f"{progress}, process 0's share" if progress and count > 1 else progress,
-      unit=" images",
-      disable=progress is None or index != 0,
-      delay=3.0,
-      mininterval=utils.progress_interval(),
-  ) as bar:
+  if index != 0 or progress is None:
+    title = None
+  else:
+    title = f"{progress}, process 0's share" if count > 1 else progress
+  with _bar(sum(sizes), title) as bar:
 
     def chunks():
       for start, size in zip(mine, sizes, strict=True):
@@ -194,10 +196,11 @@ def reduce_stats(
       return stats
     gather = _allgather_float64
   # FeatureStats' moments, replaced in place by their sums (it has no merge of its own).
-  # The feature size too: a process whose share is empty has no moments yet, and every
-  # process must gather arrays of the same shapes.
+  # First, in one gather, each process's count, feature size and number of kept rows: a
+  # process whose share is empty has no moments yet, and all must gather equal shapes.
+  mine = stats.features
   dim = 0 if stats._sum is None else len(stats._sum)
-  heads = gather(np.asarray([stats.count, dim], np.float64))
+  heads = gather(np.asarray([stats.count, dim, len(mine)], np.float64))
   dim = int(max(h[1] for h in heads))
   if stats._sum is None:
     stats._sum, stats._outer = np.zeros(dim), np.zeros((dim, dim))
@@ -205,14 +208,12 @@ def reduce_stats(
   stats._outer = sum_in_order(gather(stats._outer))
   stats.count = int(sum_in_order([h[:1] for h in heads])[0])
   if stats.keep:
-    # Every process sends `keep` rows (its own, then zeros) and how many are its own. (The
-    # rows of process 0 alone often suffice; the others still need them, so all send.)
-    mine = stats.features
+    # Every process sends `keep` rows, its own then zeros. (The rows of process 0 alone
+    # often suffice; the others still need them, so all send.)
     padded = np.zeros((stats.keep, dim), np.float64)
     if len(mine):
       padded[: len(mine)] = mine
-    nums = gather(np.asarray([len(mine)], np.float64))
-    rows = [r[: int(n[0])] for r, n in zip(gather(padded), nums, strict=True)]
+    rows = [r[: int(h[2])] for r, h in zip(gather(padded), heads, strict=True)]
     kept = np.concatenate(rows)[: stats.keep].astype(np.float32)  # float32 -> 64 -> 32: exact
     stats._kept, stats._num_kept = [kept], len(kept)
   return stats
