@@ -70,7 +70,8 @@ components/objectives.py) item by item:
   seeds            the model's seed is fixed (mnist.py:62, 1234) and only the
                    labelled subset's seed varies (:58, :138): here
                    `config.seed` stays 0 and `--config.semi.label_seed=S`
-                   picks the subset
+                   picks the subset (`python -m gan.seeds ... --seeds 0,1,2
+                   --vary=label_seed` runs three subsets)
 
 Where `reference` still differs from that code: the latents are Phi(z) of a
 standard normal (exactly uniform, as the code's); the classifier's

@@ -1,13 +1,19 @@
-"""Command line: one experiment over several seeds, reported as mean +- std.
+"""Command line: one experiment over several seeds, reported as median and mean +- std.
 
   python -m gan.seeds --config experiments/mnist_improved_gan.py --workdir W --seeds 0,1,2
+  python -m gan.seeds --config experiments/mnist_triple_gan.py:reference --workdir W \
+      --seeds 0,1,2 --vary=label_seed
 
-Trains seed s in `W/seed_s` (`config.seed = s`: the initialisation and the
-training trajectory; a semi-supervised run's labelled subset has its own
-seed, `config.semi.label_seed`, the same for every s unless overridden), one
-after the other, resuming any that were interrupted and skipping finished
-ones; then reads each run's `eval.json` and writes `W/seeds.json`: {"metric",
-"values": {seed: value}, "mean", "std" (sample std, ddof 1), "n",
+`--vary=seed` (the default) trains seed s in `W/seed_s` with `config.seed = s`:
+the initialisation and the training trajectory, on one labelled subset
+(a semi-supervised run's `config.semi.label_seed`, the same for every s
+unless overridden). `--vary=label_seed` trains `W/label_seed_s` with
+`config.semi.label_seed = s` and `config.seed` as configured: other labelled
+subsets, one model seed, as the semi-supervised papers' code varies them.
+The runs go one after the other, resuming any that were interrupted and
+skipping finished ones; then each run's `eval.json` is read and
+`W/seeds.json` written: {"metric", "varied" (the config key), "values":
+{seed: value}, "median", "mean", "std" (sample std, ddof 1), "n",
 "wall_time_s": {seed: seconds of its training loop}}.
 `--metric` is a top-level key of eval.json ("test_error", the default) or
 "<evaluator>/<metric>" (e.g. "mnist_cnn/fcd"). Config overrides
@@ -35,14 +41,24 @@ from gan import runs, utils, writers  # noqa: E402
 # (gan.sweep imports gan.main, and so do the tests).
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated seeds.")
 _METRIC = flags.DEFINE_string("metric", "test_error", "eval.json key, or '<evaluator>/<metric>'.")
+_VARY = flags.DEFINE_enum(
+    "vary",
+    "seed",
+    ["seed", "label_seed"],
+    "What the seeds set: config.seed (the training trajectory) or config.semi.label_seed "
+    "(the labelled subset of a semi-supervised run).",
+)
+# Where each kind of seed lives in the config; seed s of kind k trains in W/k_s.
+VARIED = {"seed": "seed", "label_seed": "semi.label_seed"}
 
 
 def summarise(values: dict[int, float], metric: str) -> dict[str, Any]:
-  """Mean and sample standard deviation over seeds."""
+  """Median, mean and sample standard deviation over seeds."""
   array = np.asarray(list(values.values()), np.float64)
   return {
       "metric": metric,
       "values": {str(seed): value for seed, value in values.items()},
+      "median": float(np.median(array)),
       "mean": float(array.mean()),
       "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
       "n": len(array),
@@ -74,24 +90,34 @@ def wall_time(run_dir: str) -> float | None:
   return round(sum(s[-1] - s[0] for s in segments), 1)
 
 
-def run_seeds(config, workdir: str, seeds: list[int], metric: str) -> dict[str, Any]:
-  """Trains (or resumes) every seed, then writes and returns `workdir/seeds.json`."""
+def run_seeds(
+    config, workdir: str, seeds: list[int], metric: str, vary: str = "seed"
+) -> dict[str, Any]:
+  """Trains (or resumes) every seed, then writes and returns `workdir/seeds.json`.
+
+  `vary` is a key of `VARIED`: which seed of the config each s sets.
+  """
   from gan import train  # noqa: PLC0415  (heavy; after flag parsing)
 
+  if vary not in VARIED:
+    raise utils.ConfigError(f"vary must be one of {sorted(VARIED)}, got {vary!r}")
+  if vary == "label_seed" and "semi" not in config:
+    raise utils.ConfigError("--vary=label_seed needs a semi-supervised config (config.semi)")
+  run_dirs = {seed: os.path.join(workdir, f"{vary}_{seed}") for seed in seeds}
   values = {}
   for seed in seeds:
-    run_dir = os.path.join(workdir, f"seed_{seed}")
     with config.unlocked():
-      config.seed = seed
-    print(f"seed {seed}: {run_dir}", flush=True)
-    train.train_and_evaluate(config, run_dir)
-    with open(os.path.join(run_dir, "eval.json")) as f:
+      if vary == "label_seed":
+        config.semi.label_seed = seed
+      else:
+        config.seed = seed
+    print(f"{vary} {seed}: {run_dirs[seed]}", flush=True)
+    train.train_and_evaluate(config, run_dirs[seed])
+    with open(os.path.join(run_dirs[seed], "eval.json")) as f:
       values[seed] = runs.read_metric(json.load(f), metric)
-    print(f"seed {seed}: {metric} = {values[seed]:.6g}", flush=True)
-  summary = summarise(values, metric)
-  summary["wall_time_s"] = {
-      str(seed): wall_time(os.path.join(workdir, f"seed_{seed}")) for seed in seeds
-  }
+    print(f"{vary} {seed}: {metric} = {values[seed]:.6g}", flush=True)
+  summary = {"varied": VARIED[vary], **summarise(values, metric)}
+  summary["wall_time_s"] = {str(seed): wall_time(run_dirs[seed]) for seed in seeds}
   with utils.replacing(os.path.join(workdir, "seeds.json")) as f:
     json.dump(summary, f, indent=2)
   return summary
@@ -104,10 +130,11 @@ def main(argv: list[str]) -> None:
     utils.fail(f"--seeds takes comma-separated integers, got {','.join(_SEEDS.value)!r}")
 
   def train_seeds(config, workdir: str) -> None:
-    summary = run_seeds(config, workdir, seeds, _METRIC.value)
+    summary = run_seeds(config, workdir, seeds, _METRIC.value, _VARY.value)
     print(
-        f"{summary['metric']}: {summary['mean']:.6g} +- {summary['std']:.3g} "
-        f"(sample std) over {summary['n']} seeds {list(summary['values'])}"
+        f"{summary['metric']}: median {summary['median']:.6g}, mean {summary['mean']:.6g} "
+        f"+- {summary['std']:.3g} (sample std) over {summary['n']} values of "
+        f"config.{summary['varied']} {list(summary['values'])}"
     )
 
   cli.run(argv, train_seeds)

@@ -1,6 +1,7 @@
 """Semi-supervised methods: label subsets, weight norm, Improved-GAN's losses and step."""
 
 import json
+import os
 
 import chex
 import jax
@@ -12,6 +13,7 @@ from PIL import Image
 from experiments import (
     cifar10_shared_trunk,
     cifar10_triple_gan,
+    mnist,
     mnist_improved_gan,
     mnist_triple_gan,
 )
@@ -495,7 +497,9 @@ def test_seed_runner_reports_mean_and_std_over_training_seeds(tmp_path):
   errors = [v["test_error"] for v in values]
   assert summary["values"] == {"0": errors[0], "1": errors[1]} and summary["n"] == 2
   np.testing.assert_allclose(summary["mean"], np.mean(errors))
+  np.testing.assert_allclose(summary["median"], np.median(errors))
   np.testing.assert_allclose(summary["std"], np.std(errors, ddof=1))
+  assert summary["varied"] == "seed"
   assert json.loads((tmp_path / "seeds.json").read_text()) == summary
   assert set(summary["wall_time_s"]) == {"0", "1"}
   assert all(t is not None and 0 <= t < 600 for t in summary["wall_time_s"].values())
@@ -504,6 +508,41 @@ def test_seed_runner_reports_mean_and_std_over_training_seeds(tmp_path):
   assert runs.read_metric({"a": {"b": 2.0}}, "a/b") == 2.0
   with pytest.raises(ConfigError):
     runs.read_metric(values[0], "nothing")
+
+
+def test_seed_runner_varies_the_labelled_subset_with_the_model_seed_fixed(tmp_path, monkeypatch):
+  """--vary=label_seed: one run per labelled subset, config.seed as configured."""
+  from gan import seeds, train  # noqa: PLC0415
+
+  trained = []
+
+  def fake_train(config, workdir):  # records what each run was given; scores it by its subset
+    trained.append((os.path.basename(workdir), config.seed, config.semi.label_seed))
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump({"test_error": 0.01 * (1 + config.semi.label_seed**2)}, f)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      for record in (
+          {"step": 1, "start_time": 10.0, "wall_time": 12.0},
+          {"step": 2, "wall_time": 15.0},
+      ):
+        f.write(json.dumps(record) + "\n")
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  config = mnist_triple_gan.get_config("reference")
+  config.seed = 7
+  summary = seeds.run_seeds(config, str(tmp_path), [0, 1, 3], "test_error", vary="label_seed")
+  assert trained == [("label_seed_0", 7, 0), ("label_seed_1", 7, 1), ("label_seed_3", 7, 3)]
+  assert summary["varied"] == "semi.label_seed"
+  assert summary["values"] == {"0": 0.01, "1": 0.02, "3": 0.1}
+  np.testing.assert_allclose([summary["median"], summary["mean"]], [0.02, 0.13 / 3])
+  np.testing.assert_allclose(summary["std"], np.std([0.01, 0.02, 0.1], ddof=1))
+  assert summary["wall_time_s"] == {"0": 5.0, "1": 5.0, "3": 5.0}
+  assert json.loads((tmp_path / "seeds.json").read_text()) == summary
+  with pytest.raises(ConfigError, match="semi-supervised"):
+    seeds.run_seeds(
+        mnist.get_config("smoke"), str(tmp_path / "gan"), [0], "test_error", vary="label_seed"
+    )
 
 
 def test_wall_time_leaves_out_the_pause_before_a_resume(tmp_path):
