@@ -120,8 +120,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   config.batch_size = 100
   config.num_steps = 1000 * STEPS_PER_EPOCH
+  # The code counts epochs from 1 (cifar10.py:461) and anneals after each epoch from
+  # epoch 300 on (:544-546): update t (from 0) runs in epoch t // 500 + 1, so the first
+  # lowered rate is update 300 x 500's, the staircase's first step after 299 x 500.
   anneal = {"decay": "exponential", "decay_every": STEPS_PER_EPOCH}
-  anneal["decay_start"] = 300 * STEPS_PER_EPOCH
+  anneal["decay_start"] = 299 * STEPS_PER_EPOCH
   for player in ("g", "d"):
     config.optim[player] = ml_collections.ConfigDict(
         {"lr": 3e-4, "b1": 0.5, "b2": 0.999, "decay_rate": 0.995, **anneal}
@@ -139,7 +142,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   semi.alpha = 0.5
   semi.adversarial_scale = 0.01
   semi.alpha_p = 0.1
-  semi.pseudo_start_step = 200 * STEPS_PER_EPOCH
+  semi.pseudo_start_step = 199 * STEPS_PER_EPOCH  # epoch 200 (from 1) on (cifar10.py:522)
   semi.entropy_weight = semi.balance_weight = 0.0  # MNIST-only regularisers in the code
   semi.consistency_weight = 100.0
   semi.consistency_rampup_epochs = 80

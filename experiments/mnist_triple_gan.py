@@ -78,10 +78,17 @@ standard normal (exactly uniform, as the code's); the classifier's
 cross-entropy is not clipped at 1e-6 (objectives.py:12); G's loss has no 1/2
 (Adam does not see a constant factor); C's batch-norm statistics follow C's
 unlabelled pass only (Lasagne updates them in every training pass, D's and
-G's functions' included); and each walk through the data keeps its own
+G's functions' included); each walk through the data keeps its own
 permutation per epoch of its own length (the code re-permutes every 600
-steps). The paper's objective for C's adversarial term stays available:
-`semi.adversarial = "reinforce"`.
+steps); C keeps one Adam state when R_P switches on (the code's
+`train_batch_cla` has its own, mnist.py:330, :335); G's dense kernels start
+from LeCun normal, not Glorot uniform; the averaged C keeps batch-norm
+variances, not inverse standard deviations; the averages start from the
+initial weights with a warm-up, not from zeros (mnist.py:342-349). The
+CPU-sized schedule below also differs from the code's first epochs: R_P from
+epoch 5 (the code's from epoch 300) and C not pre-trained (the code's first
+trains it alone for 30 epochs). The paper's objective for C's adversarial
+term stays available: `semi.adversarial = "reinforce"`.
 
 Train (CPU-sized: the first 10 epochs, R_P from epoch 5; measured results in
 docs/semi_supervised.md):
@@ -151,9 +158,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # The paper's schedule (its public MNIST code): 1,000 epochs of 600 steps, Adam 1e-3
   # (beta1 0.5) for all three players, annealed x0.995 per epoch from epoch 300, when the
   # pseudo-label term R_P (alpha_P 0.1) switches on; an EMA of C (rate 0.01) is scored.
+  # The code counts epochs from 1 (mnist.py:417): update t (from 0) runs in epoch
+  # t // 600 + 1. R_P is on from epoch 300 (:458), i.e. from update 299 x 600, and the rate
+  # is annealed after each epoch from 300 on (:474-475), first for update 300 x 600: the
+  # staircase's first step after its start at 299 x 600.
   config.batch_size = 100
   config.num_steps = 1000 * STEPS_PER_EPOCH
-  anneal_start = 300 * STEPS_PER_EPOCH
+  anneal_start = 299 * STEPS_PER_EPOCH
   adam = {
       "lr": 1e-3,
       "b1": 0.5,

@@ -82,14 +82,39 @@ def field(tree: Any, name: str) -> Any:
   return tree[name] if isinstance(tree, Mapping) else getattr(tree, name)
 
 
+def learning_rate(optim: ml_collections.ConfigDict, num_steps: int) -> float | optax.Schedule:
+  """A player's learning rate: `optim.lr`, or a schedule of the update's index t (from 0).
+
+  `optim.decay="linear"` decays the rate to 0 over `num_steps`, holding it until
+  `optim.decay_start` (default 0) if set (Improved-GAN's CIFAR-10 code: constant for
+  800 epochs, then linearly to 0 over the last 400). "exponential" gives update t
+  the rate lr * decay_rate**((t - decay_start) // decay_every) once t >= decay_start
+  (Triple-GAN's per-epoch annealing): the first lowered rate is at decay_start +
+  decay_every.
+  """
+  decay = optim.get("decay", "none")
+  if decay == "none":
+    return optim.lr
+  if decay == "linear":
+    start = optim.get("decay_start", 0)
+    if not 0 <= start < num_steps:
+      raise ConfigError(f"optim.decay_start={start} must lie in [0, num_steps={num_steps})")
+    return optax.linear_schedule(optim.lr, 0.0, num_steps - start, transition_begin=start)
+  if decay == "exponential":
+    return optax.exponential_decay(
+        optim.lr,
+        transition_steps=optim.decay_every,
+        decay_rate=optim.decay_rate,
+        transition_begin=optim.decay_start,
+        staircase=True,
+    )
+  raise ConfigError(f"unknown learning-rate decay {decay!r}; use 'none', 'linear' or 'exponential'")
+
+
 def make_optimizer(
     optim: ml_collections.ConfigDict, num_steps: int
 ) -> optax.GradientTransformation:
-  """Adam for one player. `optim.decay="linear"` decays the rate to 0 over `num_steps`,
-  holding it until `optim.decay_start` (default 0) if set (Improved-GAN's CIFAR-10
-  code: constant for 800 epochs, then linearly to 0 over the last 400);
-  "exponential" multiplies it by `optim.decay_rate` every `optim.decay_every`
-  steps from step `optim.decay_start` on (Triple-GAN's per-epoch annealing).
+  """Adam for one player, at `learning_rate(optim, num_steps)`.
 
   `optim.b1_rampdown` (start_epoch, epochs, steps_per_epoch, final) ramps
   beta1 down from `optim.b1` to `final` (Triple-GAN's CIFAR-10 classifier).
@@ -109,25 +134,7 @@ def make_optimizer(
   the start), so the health monitor's remedy can lower a learning rate in a
   running or restored state without recompiling (`scale_learning_rates`).
   """
-  learning_rate: float | optax.Schedule = optim.lr
-  decay = optim.get("decay", "none")
-  if decay == "linear":
-    start = optim.get("decay_start", 0)
-    if not 0 <= start < num_steps:
-      raise ConfigError(f"optim.decay_start={start} must lie in [0, num_steps={num_steps})")
-    learning_rate = optax.linear_schedule(optim.lr, 0.0, num_steps - start, transition_begin=start)
-  elif decay == "exponential":  # x decay_rate every decay_every steps from decay_start on
-    learning_rate = optax.exponential_decay(
-        optim.lr,
-        transition_steps=optim.decay_every,
-        decay_rate=optim.decay_rate,
-        transition_begin=optim.decay_start,
-        staircase=True,
-    )
-  elif decay != "none":
-    raise ConfigError(
-        f"unknown learning-rate decay {decay!r}; use 'none', 'linear' or 'exponential'"
-    )
+  rate = learning_rate(optim, num_steps)
   args = {"b2": optim.b2, "eps": optim.get("eps", 1e-8), "eps_root": optim.get("eps_root", 0.0)}
   if ramp := optim.get("b1_rampdown"):
     # beta1 falls from optim.b1 to ramp.final with Laine & Aila's ramp-down (`gan.ramps`);
@@ -136,9 +143,9 @@ def make_optimizer(
       r = ramps.rampdown(count, ramp.start_epoch, ramp.epochs, ramp.steps_per_epoch)
       return r * optim.b1 + (1.0 - r) * ramp.final
 
-    adam = optax.inject_hyperparams(optax.adam)(learning_rate, b1=b1, **args)
+    adam = optax.inject_hyperparams(optax.adam)(rate, b1=b1, **args)
   else:
-    adam = optax.adam(learning_rate, b1=optim.b1, **args)
+    adam = optax.adam(rate, b1=optim.b1, **args)
   if optim.get("clear_nans", False):  # nested: the state stays (Adam's, the scale's)
     adam = optax.chain(optax.zero_nans(), adam)
   return optax.chain(adam, optax.inject_hyperparams(optax.scale)(step_size=1.0))

@@ -18,6 +18,7 @@ from experiments import (
     mnist_triple_gan,
 )
 from gan import data, methods, models, runs, semi
+from gan import state as state_lib
 from gan import step as step_lib
 from gan.evaluation import views
 from gan.models import dropout
@@ -103,6 +104,40 @@ def test_method_settings_of_the_experiments():
   assert D.apply(variables, x, False).shape == (3, config.semi.num_classes)  # no fake logit
   module, _ = improved_gan.classifier(D, {"c_ema": variables["params"]})
   assert module is D
+
+
+@pytest.mark.parametrize(
+    "experiment, variant, epoch, r_p_epoch, rates",
+    [
+        (
+            mnist_triple_gan,
+            "paper",
+            600,
+            300,
+            {"g": (1e-3, 0.995), "d": (1e-3, 0.995), "c": (1e-3, 0.995)},
+        ),
+        (mnist_triple_gan, "paper,reference", 600, 300, {"c": (1e-3, 0.995)}),
+        (cifar10_triple_gan, "", 500, 200, {"g": (3e-4, 0.995), "c": (3e-3, 0.99)}),
+    ],
+)
+def test_triple_gan_schedules_count_epochs_from_one_as_the_authors_code(
+    experiment, variant, epoch, r_p_epoch, rates
+):
+  """The authors' loops run epochs 1, 2, ...: update t (from 0) is in epoch t // epoch + 1.
+
+  R_P is on from epoch r_p_epoch; the rate is annealed after each epoch from epoch 300 on,
+  so epoch 301 is the first with a lowered rate.
+  """
+  config = experiment.get_config(variant)
+  assert config.semi.pseudo_start_step == (r_p_epoch - 1) * epoch
+  for player, (lr, factor) in rates.items():
+    rate = state_lib.learning_rate(config.optim[player], config.num_steps)
+    first_of = lambda e: (e - 1) * epoch  # noqa: E731  (the first update of epoch e)
+    np.testing.assert_allclose(
+        [rate(first_of(300)), rate(first_of(301) - 1), rate(first_of(301)), rate(first_of(302))],
+        [lr, lr, lr * factor, lr * factor**2],
+        rtol=1e-6,
+    )
 
 
 def test_paper_2016_scores_the_raw_d_and_reports_it(tmp_path):
