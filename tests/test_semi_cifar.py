@@ -213,6 +213,8 @@ def test_a_normalised_trunk_normalises_each_block_and_trains_with_flips():
   for h in normed:
     np.testing.assert_allclose(np.mean(h, axis=(1, 2, 3)), 0.0, atol=1e-5)
     np.testing.assert_allclose(np.var(h, axis=(1, 2, 3)), 1.0, rtol=1e-3)
+    # over (H, W, C) together: a norm over the channels alone would set each position's to 1
+    assert np.abs(np.var(h, axis=-1) - 1.0).max() > 0.1
   with_both = cifar10_shared_trunk.get_config("smoke,flip,norm")
   assert with_both.semi.classifier_augment == "translation,flip"
   assert with_both.model.c.norm == with_both.model.d.norm == "layer"
